@@ -1,0 +1,1 @@
+"""criproxy: one CRI endpoint for kubelet in front of several container runtimes."""

@@ -1,0 +1,5 @@
+import sys
+
+from criproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,49 @@
+"""The `criproxy` command.
+
+`criproxy -connect ... -listen ...` starts everything under supervisord;
+`criproxy front`, `criproxy status` and `criproxy install-systemd` are the
+subcommands.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from criproxy import logs, status
+from criproxy.settings import EXIT_CONFIG_ERROR, ConfigError, config_from_args, load_settings_file
+
+
+def run(argv: list[str]) -> int:
+    from criproxy.supervise import run_supervised
+    try:
+        config = config_from_args(argv)
+        return run_supervised(config)
+    except ConfigError as err:
+        print(f"criproxy: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+def front(argv: list[str]) -> int:
+    from criproxy.front import Front
+    parser = argparse.ArgumentParser(prog="criproxy front")
+    parser.add_argument("--settings", required=True, help="resolved settings file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_settings_file(args.settings)
+    except ConfigError as err:
+        print(f"criproxy front: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    logs.setup("front", config.verbosity)
+    asyncio.run(Front.serve(config))
+    return 0
+
+
+SUBCOMMANDS = {"front": front, "status": status.main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[args[0]](args[1:])
+    return run(args)

@@ -1,0 +1,259 @@
+"""Carrying out the routing table's rules: pick runtimes, rewrite, forward, merge.
+
+Primary requests and answers that need no rewriting travel as the bytes
+kubelet sent and the runtime answered; only named runtimes' messages are
+decoded and re-encoded.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import copy
+import logging
+import socket
+from typing import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlparse
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from criproxy import logs
+from criproxy.naming import PRIMARY, Names
+from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
+from criproxy.routing import Digest, Method, Rule, field_value, target_runtime_annotation
+from criproxy.settings import Config
+from criproxy.workerlink import CallError, WorkerLink
+
+log = logging.getLogger("criproxy.front")
+
+# Which runtimes served the current request, for its log line.
+routed_to: contextvars.ContextVar[list[str]] = contextvars.ContextVar("routed_to")
+
+_RESUBSCRIBE_DELAY = 1.0
+_EVENT_QUEUE = 1024
+
+
+def default_stream_base(port: int) -> str:
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return f"http://{address}:{port}"
+
+
+def parse(message_class: type[Message], raw: bytes) -> Message:
+    try:
+        return message_class.FromString(raw)
+    except DecodeError as err:
+        raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"cannot parse {message_class.DESCRIPTOR.name}: {err}") from None
+
+
+class Dispatcher:
+    def __init__(self, config: Config, links: dict[str, WorkerLink]) -> None:
+        self.config = config
+        self.links = links  # in -connect order, primary first
+        self.names = Names(list(links))
+        self.stream_base = config.stream_url or default_stream_base(config.stream_port)
+        self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
+                                         Awaitable[bytes]]] = {
+            Rule.PRIMARY: self._to_primary,
+            Rule.BROADCAST: self._broadcast,
+            Rule.BY_ANNOTATION: self._by_annotation,
+            Rule.BY_ID: self._by_id,
+            Rule.BY_IMAGE: self._by_image,
+            Rule.FAN_OUT: self._fan_out,
+        }
+
+    async def unary(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
+        request = parse(method.request, raw)
+        return await self._rules[method.route.rule](method, request, raw, timeout)
+
+    # --- single runtime -------------------------------------------------------
+
+    async def _call(self, runtime: str, method: Method, body: bytes,
+                    timeout: float | None) -> bytes:
+        link = self.links[runtime]
+        routed_to.get([]).append(link.label)
+        return await link.call(method.path, body, timeout)
+
+    async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
+                       timeout: float | None) -> bytes:
+        self._fit_request(runtime, request)
+        body = raw if runtime == PRIMARY else request.SerializeToString()
+        answer = await self._call(runtime, method, body, timeout)
+        return self._present(runtime, method, answer)
+
+    def _fit_request(self, runtime: str, request: Message) -> None:
+        """Strip our prefixes; refuse objects of another runtime than `runtime`."""
+        try:
+            strip_prefixes(request, runtime, self.names)
+        except ForeignObject as err:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            self._foreign_message(err, runtime)) from None
+
+    def _foreign_message(self, err: ForeignObject, runtime: str) -> str:
+        owner = self.links[err.owner].label if err.owner is not None else "none"
+        return (f"{err.field} {err.value!r} belongs to runtime {owner}, but this request "
+                f"goes to runtime {self.links[runtime].label}")
+
+    def _present(self, runtime: str, method: Method, answer: bytes) -> bytes:
+        """Turn a runtime's answer into what kubelet sees."""
+        if runtime == PRIMARY and not method.route.stream_url:
+            return answer
+        response = parse(method.response, answer)
+        add_prefixes(response, runtime)
+        if method.route.stream_url:
+            response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]
+        return response.SerializeToString()
+
+    def _absolute_url(self, url: str) -> str:
+        if not url or urlparse(url).scheme:
+            return url
+        return self.stream_base + "/" + url.lstrip("/")
+
+    async def _to_primary(self, method: Method, request: Message, raw: bytes,
+                          timeout: float | None) -> bytes:
+        return await self._call(PRIMARY, method, raw, timeout)
+
+    async def _by_annotation(self, method: Method, request: Message, raw: bytes,
+                             timeout: float | None) -> bytes:
+        runtime = target_runtime_annotation(request)
+        if runtime not in self.links:
+            configured = ", ".join(n for n in self.links if n) or "none"
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"pod annotation kubernetes.io/target-runtime names runtime "
+                            f"{runtime!r}, which is not configured (named runtimes: {configured})")
+        return await self._forward(runtime, method, request, raw, timeout)
+
+    async def _by_id(self, method: Method, request: Message, raw: bytes,
+                     timeout: float | None) -> bytes:
+        runtime, _ = self.names.split_id(field_value(request, method.route.key))
+        return await self._forward(runtime, method, request, raw, timeout)
+
+    async def _by_image(self, method: Method, request: Message, raw: bytes,
+                        timeout: float | None) -> bytes:
+        runtime, _ = self.names.split_image(field_value(request, method.route.key))
+        if runtime is not None:
+            return await self._forward(runtime, method, request, raw, timeout)
+        if method.route.digest == Digest.FIRST_FOUND:
+            return await self._first_found(method, raw, timeout)
+        if method.route.digest == Digest.EVERY:
+            return await self._broadcast(method, request, raw, timeout)
+        return await self._forward(PRIMARY, method, request, raw, timeout)
+
+    async def _first_found(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
+        """A digest names content any runtime may hold: ask each in turn."""
+        for runtime, link in self.links.items():
+            if not link.is_up:
+                continue
+            try:
+                answer = await self._call(runtime, method, raw, timeout)
+            except CallError as err:
+                log.warning("%s: runtime %s: %s", method.name, link.label, err)
+                continue
+            if parse(method.response, answer).HasField("image"):
+                return self._present(runtime, method, answer)
+        return b""
+
+    # --- several runtimes -----------------------------------------------------
+
+    async def _broadcast(self, method: Method, request: Message, raw: bytes,
+                         timeout: float | None) -> bytes:
+        targets = [name for name, link in self.links.items() if link.is_up]
+        if not targets:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "no runtime is up")
+        results = await asyncio.gather(
+            *(self._forward(name, method, copy.deepcopy(request), raw, timeout)
+              for name in targets), return_exceptions=True)
+        errors = [(self.links[name].label, r) for name, r in zip(targets, results)
+                  if isinstance(r, BaseException)]
+        if errors:
+            raise _joined(errors)
+        return b""
+
+    async def _fan_out(self, method: Method, request: Message, raw: bytes,
+                       timeout: float | None) -> bytes:
+        named = owners(request, self.names)
+        if len(named) > 1:
+            return b""  # a filter naming two runtimes' objects matches nothing
+        if named:
+            return await self._forward(named.pop(), method, request, raw, timeout)
+        budget = min(timeout, self.config.list_budget) if timeout else self.config.list_budget
+        results = await asyncio.gather(
+            *(self._call(name, method, raw, budget) for name in self.links),
+            return_exceptions=True)
+        return self._merge(method, results)
+
+    def _merge(self, method: Method, results: list) -> bytes:
+        """Concatenate answers in -connect order (protobuf concatenation merges)."""
+        parts, errors = [], []
+        for (name, link), result in zip(self.links.items(), results):
+            if isinstance(result, CallError):
+                self._log_skipped(method, link, result)
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                parts.append(self._present(name, method, result))
+        if not parts:
+            raise errors[0]
+        return b"".join(parts)
+
+    def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:
+        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED or logs.enabled(2):
+            log.warning("%s: answering without runtime %s: %s", method.name, link.label, err)
+
+    # --- streams ----------------------------------------------------------------
+
+    async def stream_merge(self, method: Method, raw: bytes) -> AsyncIterator[bytes]:
+        """Every runtime's stream, merged; a runtime that drops out is re-subscribed."""
+        parse(method.request, raw)
+        merged: asyncio.Queue = asyncio.Queue(_EVENT_QUEUE)
+        followers = [asyncio.create_task(self._follow(name, method, raw, merged))
+                     for name in self.links]
+        try:
+            while True:
+                item = await merged.get()
+                if isinstance(item, CallError):
+                    raise item
+                yield item
+        finally:
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+
+    async def _follow(self, runtime: str, method: Method, raw: bytes,
+                      merged: asyncio.Queue) -> None:
+        link = self.links[runtime]
+        while True:
+            await link.wait_up()
+            try:
+                async for item in link.stream(method.path, raw):
+                    if not _offer(merged, self._present(runtime, method, item)):
+                        log.warning("%s: subscriber too slow, dropping its stream", method.name)
+                        return
+            except CallError as err:
+                log.warning("%s: stream of runtime %s ended: %s; re-subscribing",
+                            method.name, link.label, err)
+            await asyncio.sleep(_RESUBSCRIBE_DELAY)
+
+
+def _offer(merged: asyncio.Queue, item: bytes) -> bool:
+    """Queue an event; when the subscriber fell too far behind, end its stream."""
+    try:
+        merged.put_nowait(item)
+        return True
+    except asyncio.QueueFull:
+        while not merged.empty():
+            merged.get_nowait()
+        merged.put_nowait(CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"event subscriber too slow: {_EVENT_QUEUE} events unread"))
+        return False
+
+
+def _joined(errors: list[tuple[str, BaseException]]) -> CallError:
+    first = errors[0][1]
+    code = first.code if isinstance(first, CallError) else grpc.StatusCode.INTERNAL
+    text = "; ".join(f"runtime {label}: {getattr(e, 'message', e)}" for label, e in errors)
+    return CallError(code, text)

@@ -1,0 +1,54 @@
+"""How objects of named runtimes are shown to kubelet.
+
+Sandbox and container ids of runtime `alt` become `alt__<id>`, image names
+become `alt/<image>`; digests (`sha256:<hex>`) stay as they are because they
+name content, not a runtime's object. Primary objects are never touched.
+"""
+from __future__ import annotations
+
+import re
+
+ID_SEPARATOR = "__"
+IMAGE_SEPARATOR = "/"
+PRIMARY = ""
+
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
+
+
+def is_digest(image: str) -> bool:
+    return bool(_DIGEST_RE.match(image))
+
+
+class Names:
+    """Splits and joins prefixes for one set of configured runtime names."""
+
+    def __init__(self, runtime_names: list[str]) -> None:
+        self._named = frozenset(n for n in runtime_names if n)
+
+    def split_id(self, object_id: str) -> tuple[str, str]:
+        """`alt__x` → ("alt", "x"); an id with no known prefix belongs to the primary."""
+        name, sep, rest = object_id.partition(ID_SEPARATOR)
+        if sep and name in self._named:
+            return name, rest
+        return PRIMARY, object_id
+
+    def split_image(self, image: str) -> tuple[str | None, str]:
+        """`alt/img` → ("alt", "img"); a digest → (None, digest): it fits any runtime."""
+        if is_digest(image):
+            return None, image
+        name, sep, rest = image.partition(IMAGE_SEPARATOR)
+        if sep and name in self._named:
+            return name, rest
+        return PRIMARY, image
+
+
+def prefix_id(runtime: str, object_id: str) -> str:
+    if not runtime or not object_id:
+        return object_id
+    return runtime + ID_SEPARATOR + object_id
+
+
+def prefix_image(runtime: str, image: str) -> str:
+    if not runtime or not image or is_digest(image):
+        return image
+    return runtime + IMAGE_SEPARATOR + image

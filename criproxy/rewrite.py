@@ -1,0 +1,125 @@
+"""Rewriting ids and image names inside CRI messages.
+
+Which fields hold ids or images is decided once per message type from the
+protobuf descriptors (by field name), so a new CRI message with e.g. a
+`container_id` field is rewritten without code changes. Subtrees that cannot
+hold such a field (labels, resources, ...) are never visited.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from criproxy.naming import Names, prefix_id, prefix_image
+
+ID_FIELDS = frozenset({"id", "pod_sandbox_id", "container_id", "target_id"})
+IMAGE_FIELDS = frozenset({"image", "user_specified_image", "image_ref", "image_id",
+                          "repo_tags", "repo_digests"})
+# In these messages `id` is an image id, not a sandbox or container id.
+IMAGE_ID_MESSAGES = frozenset({"Image"})
+
+ID, IMAGE, MESSAGE = "id", "image", "message"
+
+Plan = tuple[tuple[str, str, bool], ...]  # (field name, kind, repeated)
+
+
+class ForeignObject(Exception):
+    """A request names an object of another runtime than the one it goes to."""
+
+    def __init__(self, field: str, value: str, owner: str | None) -> None:
+        super().__init__(field, value, owner)
+        self.field, self.value, self.owner = field, value, owner
+
+
+def _string_kind(message: Descriptor, field: FieldDescriptor) -> str | None:
+    if field.name == "id" and message.name in IMAGE_ID_MESSAGES:
+        return IMAGE
+    if field.name in ID_FIELDS:
+        return ID
+    if field.name in IMAGE_FIELDS:
+        return IMAGE
+    return None
+
+
+@functools.cache
+def plan_for(message: Descriptor) -> Plan:
+    """The fields of `message` that hold ids or images, directly or below."""
+    plan = []
+    for field in message.fields:
+        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        if field.type == FieldDescriptor.TYPE_STRING:
+            kind = _string_kind(message, field)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):
+            kind = MESSAGE if plan_for(field.message_type) else None
+        else:
+            kind = None
+        if kind:
+            plan.append((field.name, kind, repeated))
+    return tuple(plan)
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return field.message_type.GetOptions().map_entry
+
+
+Rewriter = Callable[[str, str, str], str]  # (kind, field name, value) -> new value
+
+
+def rewrite(message: Message, rewriter: Rewriter) -> None:
+    """Apply `rewriter` to every non-empty id and image string in `message`, in place."""
+    for name, kind, repeated in plan_for(message.DESCRIPTOR):
+        if kind == MESSAGE:
+            _rewrite_submessages(message, name, repeated, rewriter)
+        elif repeated:
+            values = getattr(message, name)
+            if values:
+                values[:] = [rewriter(kind, name, v) for v in values]
+        else:
+            value = getattr(message, name)
+            if value:
+                setattr(message, name, rewriter(kind, name, value))
+
+
+def _rewrite_submessages(message: Message, name: str, repeated: bool,
+                         rewriter: Rewriter) -> None:
+    if repeated:
+        for item in getattr(message, name):
+            rewrite(item, rewriter)
+    elif message.HasField(name):
+        rewrite(getattr(message, name), rewriter)
+
+
+def add_prefixes(message: Message, runtime: str) -> None:
+    """Show a named runtime's answer to kubelet: prefix its ids and images."""
+    if not runtime:
+        return
+
+    def prefix(kind: str, _name: str, value: str) -> str:
+        return prefix_id(runtime, value) if kind == ID else prefix_image(runtime, value)
+    rewrite(message, prefix)
+
+
+def strip_prefixes(message: Message, runtime: str, names: Names) -> None:
+    """Make a request fit `runtime`: drop its prefixes, refuse other runtimes' objects."""
+    def strip(kind: str, name: str, value: str) -> str:
+        owner, bare = names.split_id(value) if kind == ID else names.split_image(value)
+        if owner is not None and owner != runtime:
+            raise ForeignObject(name, value, owner)
+        return bare
+    rewrite(message, strip)
+
+
+def owners(message: Message, names: Names) -> set[str]:
+    """The runtimes whose objects a request (e.g. a List filter) names."""
+    found: set[str] = set()
+
+    def collect(kind: str, _name: str, value: str) -> str:
+        owner, _bare = names.split_id(value) if kind == ID else names.split_image(value)
+        if owner is not None:
+            found.add(owner)
+        return value
+    rewrite(message, collect)
+    return found

@@ -1,0 +1,259 @@
+"""Every criproxy setting, declared once.
+
+The command line, the resolved settings file handed to the front and the
+workers, and the supervisord programs are all derived from SETTINGS, so a
+setting (and the runtime list) is written down in exactly one place.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_CONFIG_ERROR = 2
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the process must stop, not restart."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """One runtime behind the proxy. The primary one has the empty name."""
+
+    name: str
+    socket: str
+
+    @property
+    def is_primary(self) -> bool:
+        return self.name == ""
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name the runtime."""
+        return self.name or "primary"
+
+    @property
+    def address(self) -> str:
+        return "unix://" + self.socket
+
+
+def _socket_path(entry: str, raw: str) -> str:
+    path = raw[len("unix://"):] if raw.startswith("unix://") else raw
+    if not path:
+        raise ConfigError(f"-connect entry {entry!r}: socket path is empty")
+    return path
+
+
+def _validate_name(entry: str, name: str) -> None:
+    if not name:
+        raise ConfigError(f"-connect entry {entry!r}: runtime name is empty")
+    if "__" in name or not _NAME_RE.match(name):
+        raise ConfigError(
+            f"-connect entry {entry!r}: runtime name {name!r} may only hold letters, "
+            "digits, '.', '-', '_' and no '__'")
+
+
+def parse_connect(value: str) -> tuple[Runtime, ...]:
+    """Parse `-connect primary,name:socket,...` into runtimes, primary first."""
+    entries = value.split(",")
+    if not value.strip():
+        raise ConfigError("-connect is empty: name at least the primary runtime socket")
+    runtimes: list[Runtime] = []
+    for entry in entries:
+        runtimes.append(_parse_entry(entry, first=not runtimes))
+    names = [r.name for r in runtimes]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"-connect: runtime name {name!r} is given more than once")
+    return tuple(runtimes)
+
+
+def _parse_entry(entry: str, first: bool) -> Runtime:
+    name, sep, rest = entry.partition(":")
+    if not sep or name == "unix" and rest.startswith("//"):
+        if not first:
+            raise ConfigError(
+                f"-connect entry {entry!r}: only the first entry is the primary; "
+                "every other entry must be name:socket")
+        return Runtime("", _socket_path(entry, entry))
+    if first:
+        raise ConfigError(
+            f"-connect entry {entry!r}: the first entry is the primary runtime and has no name")
+    _validate_name(entry, name)
+    return Runtime(name, _socket_path(entry, rest))
+
+
+def _verbosity(value: str) -> int:
+    level = int(value)
+    if not 0 <= level <= 10:
+        raise ValueError("must be 0..10")
+    return level
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError("must be 1..65535")
+    return port
+
+
+def _stream_url(value: str) -> str:
+    if value and not re.match(r"^https?://[^/]+", value):
+        raise ValueError("must be an absolute http(s) URL")
+    return value.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    flag: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    is_switch: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("connect", "-connect", None, parse_connect,
+            "runtimes: PRIMARY_SOCKET[,NAME:SOCKET...]; the first is the primary"),
+    Setting("listen", "-listen", "/run/criproxy.sock", str,
+            "unix socket kubelet connects to"),
+    Setting("rundir", "-rundir", "/run/criproxy", str,
+            "private directory (mode 0700) for worker sockets, supervisord and status"),
+    Setting("verbosity", "-v", 0, _verbosity,
+            "log level: 2 failed requests, 3 state-changing calls, 4 status calls, 5 List calls"),
+    Setting("logtostderr", "-logtostderr", False, bool,
+            "log to stderr (criproxy always does; accepted for compatibility)", is_switch=True),
+    Setting("stream_port", "-streamPort", 11250, _port,
+            "port of the streaming server used to make relative streaming URLs absolute"),
+    Setting("stream_url", "-streamUrl", "", _stream_url,
+            "base URL for relative streaming URLs (overrides -streamPort)"),
+    Setting("list_budget", "-listBudget", 2.0, _positive_float,
+            "seconds a fan-out List call waits for a runtime before answering without it"),
+    Setting("heartbeat", "-heartbeat", 0.25, _positive_float,
+            "seconds between front-to-worker heartbeats"),
+    Setting("worker_timeout", "-workerTimeout", 1.0, _positive_float,
+            "seconds of worker silence after which its runtime counts as down"),
+    Setting("drain", "-drain", 5.0, _positive_float,
+            "seconds the front lets in-flight requests finish on shutdown"),
+    Setting("socket_group", "-socketGroup", "", str,
+            "group owning the listen socket (mode 0660); empty keeps root's group"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    connect: tuple[Runtime, ...]
+    listen: str
+    rundir: str
+    verbosity: int
+    logtostderr: bool
+    stream_port: int
+    stream_url: str
+    list_budget: float
+    heartbeat: float
+    worker_timeout: float
+    drain: float
+    socket_group: str
+
+    @property
+    def runtimes(self) -> tuple[Runtime, ...]:
+        return self.connect
+
+    def runtime_at(self, index: int) -> Runtime:
+        if not 0 <= index < len(self.connect):
+            raise ConfigError(f"no runtime number {index} in -connect")
+        return self.connect[index]
+
+    def worker_endpoint(self, runtime: Runtime) -> str:
+        return f"ipc://{self.worker_socket(runtime)}"
+
+    def worker_socket(self, runtime: Runtime) -> str:
+        return os.path.join(self.rundir, f"worker-{runtime.name or '_primary'}.ipc")
+
+    @property
+    def status_file(self) -> Path:
+        return Path(self.rundir) / "status.json"
+
+    @property
+    def settings_file(self) -> Path:
+        return Path(self.rundir) / "settings.json"
+
+
+def build_parser(prog: str = "criproxy") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
+    for s in SETTINGS:
+        flags = [s.flag, "-" + s.flag] if not s.flag.startswith("--") else [s.flag]
+        if s.is_switch:
+            parser.add_argument(*flags, dest=s.name, action="store_true", help=s.help)
+        else:
+            parser.add_argument(*flags, dest=s.name, metavar=s.name.upper(), help=s.help,
+                                default=None)
+    return parser
+
+
+def config_from_values(values: dict[str, Any]) -> Config:
+    """Validate raw (string) values, filling in defaults, into a Config."""
+    resolved: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = values.get(s.name)
+        if s.is_switch:
+            resolved[s.name] = bool(raw)
+        elif raw is None:
+            if s.default is None:
+                raise ConfigError(f"{s.flag} is required: {s.help}")
+            resolved[s.name] = s.default
+        else:
+            resolved[s.name] = _parse_value(s, raw)
+    return Config(**resolved)
+
+
+def _parse_value(setting: Setting, raw: Any) -> Any:
+    try:
+        return setting.parse(str(raw))
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"{setting.flag} {raw!r}: {err}") from None
+
+
+def config_from_args(argv: list[str]) -> Config:
+    args = build_parser().parse_args(argv)
+    return config_from_values(vars(args))
+
+
+def to_values(config: Config) -> dict[str, str]:
+    """The raw form of a Config, as written to the settings file."""
+    values = {}
+    for s in SETTINGS:
+        value = getattr(config, s.name)
+        if s.name == "connect":
+            value = connect_string(value)
+        values[s.name] = value
+    return values
+
+
+def connect_string(runtimes: tuple[Runtime, ...]) -> str:
+    return ",".join(r.socket if r.is_primary else f"{r.name}:{r.socket}" for r in runtimes)
+
+
+def load_settings_file(path: str) -> Config:
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read settings file {path}: {err}") from None
+    return config_from_values(values)

@@ -1,0 +1,100 @@
+"""Starting the whole system: supervisord running the front and the workers.
+
+`criproxy` validates its settings, writes them (and supervisord's
+configuration, derived from the top-level supervisord.conf template) into
+the runtime dir, and runs supervisord as its child until told to stop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from criproxy.settings import EXIT_CONFIG_ERROR, Config, ConfigError, to_values
+
+BOOT_FAILURE_FILE = "boot-failure"
+# A crash-looping program is retried this long after supervisord gives up on it.
+RETRY_AFTER = 5.0
+
+
+def prepare_rundir(path: str) -> Path:
+    """Create the private runtime dir, or refuse one that others could write."""
+    rundir = Path(path)
+    if rundir.is_symlink():
+        raise ConfigError(f"runtime dir {rundir} is a symlink; refusing to use it")
+    rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = rundir.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ConfigError(
+            f"runtime dir {rundir} must be owned by uid {os.geteuid()} with mode 0700 "
+            f"(it is owned by uid {info.st_uid}, mode {info.st_mode & 0o777:o})")
+    return rundir
+
+
+def refuse_second_instance(rundir: Path) -> None:
+    pidfile = rundir / "supervisord.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return
+    raise ConfigError(f"criproxy already runs in {rundir} (supervisord pid {pid})")
+
+
+def render_supervisord_conf(config: Config) -> str:
+    template = resources.files("criproxy").joinpath("supervisord.conf").read_text()
+    return template.format(
+        rundir=config.rundir, python=sys.executable, settings=config.settings_file,
+        config_exit=EXIT_CONFIG_ERROR, worker_count=len(config.runtimes),
+        front_stopwait=int(config.drain) + 3, retry_after=RETRY_AFTER)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def write_runtime_files(config: Config) -> Path:
+    rundir = prepare_rundir(config.rundir)
+    refuse_second_instance(rundir)
+    (rundir / BOOT_FAILURE_FILE).unlink(missing_ok=True)
+    _write_private(config.settings_file, json.dumps(to_values(config), indent=1))
+    conf = rundir / "supervisord.conf"
+    _write_private(conf, render_supervisord_conf(config))
+    return conf
+
+
+def run_supervised(config: Config) -> int:
+    """Run supervisord in the foreground; forward SIGTERM/SIGINT to it."""
+    conf = write_runtime_files(config)
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, _f: received.append(s))
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c",
+                             str(conf)])
+    stopping = False
+    while proc.poll() is None:
+        if received and not stopping:
+            proc.send_signal(signal.SIGTERM)
+            stopping = True
+        try:
+            proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            pass
+    return _exit_code(Path(config.rundir), proc.returncode, stopping)
+
+
+def _exit_code(rundir: Path, returncode: int, stopping: bool) -> int:
+    failure = rundir / BOOT_FAILURE_FILE
+    if failure.exists():
+        print(f"criproxy: {failure.read_text().strip()}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if stopping:
+        return 0
+    return returncode or 1

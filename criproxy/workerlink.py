@@ -1,0 +1,293 @@
+"""The front's end of one worker's ZeroMQ link (see protocol.py for the wire).
+
+A WorkerLink knows whether its runtime can take calls right now. Calls to a
+runtime that is not up fail at once with UNAVAILABLE; calls in flight when
+the worker goes away fail at once too, instead of waiting for their deadline.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from typing import Any, AsyncIterator
+
+import grpc
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from criproxy import protocol
+from criproxy.protocol import RuntimeState
+from criproxy.settings import Config, Runtime
+
+log = logging.getLogger("criproxy.front")
+
+_STREAM_QUEUE = 1024
+
+
+class CallError(Exception):
+    """A call failed with this gRPC status; passed to kubelet as it is."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+class _Pending:
+    """A call or stream waiting for the worker's answer."""
+
+    def __init__(self, stream: bool) -> None:
+        self.sent_at = time.monotonic()
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.items: asyncio.Queue | None = asyncio.Queue(_STREAM_QUEUE) if stream else None
+
+
+class WorkerLink:
+    _ids = itertools.count(secrets.randbits(48) << 16)
+
+    def __init__(self, config: Config, runtime: Runtime, ctx: zmq.asyncio.Context) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.state = RuntimeState.CONNECTING
+        self.reason = "waiting for the worker's first heartbeat"
+        self.since = time.time()
+        self.worker_pid: int | None = None
+        self.incarnation: str | None = None
+        self.restarts = 0
+        self.cri_version = ""
+        self.last_error = ""
+        self._last_seen = 0.0
+        self._pending: dict[int, _Pending] = {}
+        self._sock = ctx.socket(zmq.DEALER)
+        self._tasks: list[asyncio.Task] = []
+        self._up = asyncio.Event()
+
+    @property
+    def label(self) -> str:
+        return self.runtime.label
+
+    @property
+    def is_up(self) -> bool:
+        return self.state == RuntimeState.UP
+
+    def start(self) -> None:
+        # IMMEDIATE: never queue a request for a worker that is not connected;
+        # it would reach a later incarnation long after its caller gave up.
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._sock.connect(self.config.worker_endpoint(self.runtime))
+        self._tasks = [asyncio.create_task(self._receive_loop()),
+                       asyncio.create_task(self._heartbeat_loop()),
+                       asyncio.create_task(self._monitor_loop(monitor))]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fail_pending("the front is shutting down")
+        self._sock.close()
+
+    # --- state ---------------------------------------------------------------
+
+    def _transition(self, state: RuntimeState, reason: str) -> None:
+        if state == self.state and reason == self.reason:
+            return
+        log.info("runtime %s: %s -> %s: %s", self.label, self.state.value, state.value, reason)
+        if state != RuntimeState.UP:
+            self.last_error = reason
+        self.state, self.reason, self.since = state, reason, time.time()
+        if state == RuntimeState.UP:
+            self._up.set()
+        else:
+            self._up.clear()
+
+    def _worker_lost(self, reason: str) -> None:
+        self._transition(RuntimeState.DOWN, reason)
+        self._fail_pending(reason)
+
+    def _fail_pending(self, reason: str, older_than: float | None = None) -> None:
+        error = CallError(grpc.StatusCode.UNAVAILABLE, f"runtime {self.label}: {reason}")
+        for request_id, pending in list(self._pending.items()):
+            if older_than is None or pending.sent_at < older_than:
+                self._finish(request_id, pending, error)
+
+    def _finish(self, request_id: int, pending: _Pending, outcome: Any) -> None:
+        self._pending.pop(request_id, None)
+        if pending.items is not None:
+            _put_nowait_final(pending.items, outcome)
+        elif not pending.future.done():
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
+
+    # --- loops ---------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        ping = protocol.pack({"t": protocol.PING})
+        while True:
+            try:
+                await self._sock.send(ping, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not connected: the liveness check below notices
+            silent = time.monotonic() - self._last_seen
+            if self._last_seen and silent > self.config.worker_timeout and \
+                    self.state != RuntimeState.DOWN:
+                self._worker_lost(f"worker silent for {silent:.1f}s")
+            await asyncio.sleep(self.config.heartbeat)
+
+    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
+        while True:
+            event = await recv_monitor_message(monitor)
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._worker_lost("worker disconnected (exited or restarting)")
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frame = await self._sock.recv()
+            try:
+                message = protocol.unpack(frame)
+            except protocol.ProtocolError as err:
+                log.warning("runtime %s: dropping a malformed frame: %s", self.label, err)
+                continue
+            self._last_seen = time.monotonic()
+            self._on_message(message)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        if message["t"] == protocol.PONG:
+            self._on_pong(message)
+            return
+        pending = self._pending.get(message["id"])
+        if pending is None:
+            return  # its caller already got an answer (deadline, lost worker)
+        kind = message["t"]
+        if kind == protocol.ITEM and pending.items is not None:
+            self._queue_item(message["id"], pending, message["b"])
+        elif kind == protocol.REPLY:
+            self._finish(message["id"], pending, message["b"])
+        elif kind == protocol.ERROR:
+            self._finish(message["id"], pending,
+                         CallError(status_code(message["c"]), message["s"]))
+        elif kind == protocol.END:
+            self._finish(message["id"], pending, None)
+
+    def _queue_item(self, request_id: int, pending: _Pending, item: bytes) -> None:
+        """Queue a stream item; a reader that fell this far behind loses its stream."""
+        assert pending.items is not None
+        try:
+            pending.items.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("runtime %s: stream %d reader too slow, dropping it", self.label,
+                        request_id)
+            self._finish(request_id, pending, CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"runtime {self.label}: stream reader too slow, {_STREAM_QUEUE} events queued"))
+
+    def _on_pong(self, message: dict[str, Any]) -> None:
+        if message["inc"] != self.incarnation:
+            self._on_new_incarnation(message)
+        self.cri_version = message.get("v", "")
+        self._transition(RuntimeState(message["st"]), message.get("r", ""))
+
+    def _on_new_incarnation(self, message: dict[str, Any]) -> None:
+        if self.incarnation is not None:
+            self.restarts += 1
+            # Calls sent before this worker started went to the old one and
+            # will never be answered.
+            started = time.monotonic() - float(message.get("up", 0))
+            self._fail_pending("worker restarted", older_than=started)
+        log.info("runtime %s: worker pid %s, incarnation %s", self.label, message["pid"],
+                 message["inc"])
+        self.incarnation, self.worker_pid = message["inc"], message["pid"]
+
+    # --- calls ---------------------------------------------------------------
+
+    def _check_up(self) -> None:
+        if not self.is_up:
+            raise CallError(grpc.StatusCode.UNAVAILABLE,
+                            f"runtime {self.label} is {self.state.value}: {self.reason}")
+
+    def _send(self, message: dict[str, Any], stream: bool) -> tuple[int, _Pending]:
+        self._check_up()
+        request_id = next(self._ids)
+        message["id"] = request_id
+        try:
+            self._sock.send(protocol.pack(message), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise CallError(grpc.StatusCode.UNAVAILABLE,
+                            f"runtime {self.label}: worker not connected") from None
+        pending = _Pending(stream)
+        self._pending[request_id] = pending
+        return request_id, pending
+
+    def _cancel(self, request_id: int) -> None:
+        if self._pending.pop(request_id, None) is not None:
+            try:
+                self._sock.send(protocol.pack({"t": protocol.CANCEL, "id": request_id}),
+                                flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the worker is gone; nothing left to cancel
+
+    async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+        """One unary call; raises CallError with the runtime's own status."""
+        request_id, pending = self._send(
+            {"t": protocol.CALL, "m": method, "b": body, "d": timeout}, stream=False)
+        try:
+            return await asyncio.wait_for(pending.future, timeout)
+        except asyncio.TimeoutError:
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"runtime {self.label} did not answer {method} "
+                            f"within {timeout:.3g}s") from None
+        finally:
+            self._cancel(request_id)
+
+    async def stream(self, method: str, body: bytes) -> AsyncIterator[bytes]:
+        """A server stream; ends normally, or raises CallError."""
+        request_id, pending = self._send(
+            {"t": protocol.STREAM, "m": method, "b": body, "d": None}, stream=True)
+        assert pending.items is not None
+        try:
+            while True:
+                item = await pending.items.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            self._cancel(request_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.runtime.name, "label": self.label, "socket": self.runtime.socket,
+                "state": self.state.value, "reason": self.reason, "since": self.since,
+                "worker_pid": self.worker_pid, "restarts": self.restarts,
+                "last_error": self.last_error, "cri_version": self.cri_version,
+                "in_flight": len(self._pending)}
+
+
+def _put_nowait_final(queue: asyncio.Queue, outcome: Any) -> None:
+    """The end of a stream must reach the reader even if the queue is full."""
+    while True:
+        try:
+            queue.put_nowait(outcome)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()

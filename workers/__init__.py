@@ -1,0 +1,1 @@
+"""criproxy workers: one process per runtime, holding its gRPC connection."""

@@ -1,0 +1,119 @@
+"""A worker's one gRPC connection to its runtime, and that runtime's state.
+
+The channel forwards request bytes without decoding them (no serializers).
+Its state follows gRPC's connectivity: READY is UP; a refused or missing
+socket (TRANSIENT_FAILURE) is DOWN; anything else is CONNECTING. Calls made
+while the runtime is not UP fail at once with UNAVAILABLE naming the runtime,
+instead of waiting for a socket that is not there.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from criproxy.protocol import RuntimeState
+from criproxy.settings import Runtime
+
+log = logging.getLogger("criproxy.worker")
+
+MAX_MESSAGE = 64 * 1024 * 1024
+# Reconnect quickly after a runtime restart: gRPC's default backoff grows to
+# two minutes, which would keep a restarted runtime unused for that long.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_VERSION_METHOD = "/runtime.v1.RuntimeService/Version"
+
+
+class CallFailed(Exception):
+    """A runtime call failed; carries the gRPC code and message unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RuntimeConnection:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.state = RuntimeState.CONNECTING
+        self.reason = "starting"
+        self.cri_version = ""
+        self.since = time.monotonic()
+        self._channel = grpc.aio.insecure_channel(runtime.address, options=_CHANNEL_OPTIONS)
+
+    def _transition(self, state: RuntimeState, reason: str) -> None:
+        if state == self.state and reason == self.reason:
+            return
+        log.info("runtime %s (%s): %s -> %s: %s", self.runtime.label, self.runtime.address,
+                 self.state.value, state.value, reason)
+        self.state, self.reason, self.since = state, reason, time.monotonic()
+
+    async def watch(self) -> None:
+        """Follow the channel's connectivity forever, keeping it connected."""
+        last = None
+        while True:
+            current = self._channel.get_state(try_to_connect=True)
+            if current != last:
+                await self._on_connectivity(current)
+                last = current
+            await self._channel.wait_for_state_change(current)
+
+    async def _on_connectivity(self, connectivity: grpc.ChannelConnectivity) -> None:
+        if connectivity == grpc.ChannelConnectivity.READY:
+            await self._confirm_up()
+        elif connectivity == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            self._transition(RuntimeState.DOWN, f"cannot connect to {self.runtime.socket}")
+        elif self.state != RuntimeState.DOWN:
+            self._transition(RuntimeState.CONNECTING, f"connecting to {self.runtime.socket}")
+
+    async def _confirm_up(self) -> None:
+        """A connected socket is not yet a CRI runtime: ask it for its version."""
+        try:
+            await self._raw_call(_VERSION_METHOD, b"", timeout=5.0)
+        except CallFailed as err:
+            self._transition(RuntimeState.DOWN, f"Version failed: {err.code.name}: {err.message}")
+            return
+        self.cri_version = "v1"
+        self._transition(RuntimeState.UP, "connected, answers CRI v1 Version")
+
+    def _check_up(self) -> None:
+        if self.state != RuntimeState.UP:
+            raise CallFailed(grpc.StatusCode.UNAVAILABLE,
+                             f"runtime {self.runtime.label} ({self.runtime.socket}) is "
+                             f"{self.state.value}: {self.reason}")
+
+    async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+        self._check_up()
+        return await self._raw_call(method, body, timeout)
+
+    async def _raw_call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+        try:
+            return await self._channel.unary_unary(method)(body, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise CallFailed(err.code(), err.details() or "") from None
+
+    async def stream(self, method: str, body: bytes,
+                     timeout: float | None) -> AsyncIterator[bytes]:
+        self._check_up()
+        call = self._channel.unary_stream(method)(body, timeout=timeout)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise CallFailed(err.code(), err.details() or "") from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+

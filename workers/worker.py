@@ -1,0 +1,147 @@
+"""A worker: serves the front's requests for one runtime over ZeroMQ.
+
+Each call runs as its own asyncio task, so a slow runtime call never delays
+another one, nor the heartbeat answers that the receive loop gives directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from typing import Any
+
+import grpc
+import zmq
+import zmq.asyncio
+
+from criproxy import protocol
+from criproxy.settings import Config, Runtime
+from workers.runtime_connection import CallFailed, RuntimeConnection
+
+log = logging.getLogger("criproxy.worker")
+
+
+class Worker:
+    def __init__(self, config: Config, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.endpoint = config.worker_endpoint(runtime)
+        self.socket_path = config.worker_socket(runtime)
+        self.incarnation = secrets.token_hex(8)
+        self.started = time.monotonic()
+        self.connection = RuntimeConnection(runtime)
+        self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
+        self._stop = asyncio.Event()
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+
+    def _bind(self) -> None:
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 100_000)
+        self._sock.setsockopt(zmq.RCVHWM, 100_000)
+        self._sock.bind(self.endpoint)
+        os.chmod(self.socket_path, 0o600)
+
+    @classmethod
+    async def serve(cls, config: Config, runtime: Runtime) -> None:
+        """Build the worker inside the event loop (grpc.aio binds to it) and run it."""
+        await cls(config, runtime).run()
+
+    async def run(self) -> None:
+        self._bind()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        log.info("worker for runtime %s (%s) serving %s, incarnation %s", self.runtime.label,
+                 self.runtime.address, self.endpoint, self.incarnation)
+        watcher = asyncio.create_task(self.connection.watch())
+        receiver = asyncio.create_task(self._receive_loop())
+        await self._stop.wait()
+        log.info("worker for runtime %s stopping", self.runtime.label)
+        for task in (watcher, receiver, *self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(watcher, receiver, *self._tasks.values(), return_exceptions=True)
+        await self.connection.close()
+        self._sock.close()
+        self._ctx.term()
+        if os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart(copy=True)
+            if len(frames) != 2:
+                log.warning("dropping a message of %d frames (want 2)", len(frames))
+                continue
+            peer, frame = frames
+            try:
+                message = protocol.unpack(frame)
+            except protocol.ProtocolError as err:
+                log.warning("dropping a malformed frame: %s", err)
+                continue
+            self._dispatch(peer, message)
+
+    def _dispatch(self, peer: bytes, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == protocol.PING:
+            self._send(peer, self._pong())
+        elif kind in (protocol.CALL, protocol.STREAM):
+            self._start_task(peer, message)
+        elif kind == protocol.CANCEL:
+            task = self._tasks.get((peer, message["id"]))
+            if task is not None:
+                task.cancel()
+        else:
+            log.warning("dropping a %s message: workers do not take it", kind)
+
+    def _start_task(self, peer: bytes, message: dict[str, Any]) -> None:
+        key = (peer, message["id"])
+        run = self._serve_call if message["t"] == protocol.CALL else self._serve_stream
+        task = asyncio.create_task(run(peer, message))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    def _pong(self) -> dict[str, Any]:
+        conn = self.connection
+        return {"t": protocol.PONG, "inc": self.incarnation, "pid": os.getpid(),
+                "up": time.monotonic() - self.started, "st": conn.state.value,
+                "r": conn.reason, "v": conn.cri_version}
+
+    def _send(self, peer: bytes, message: dict[str, Any]) -> None:
+        try:
+            self._sock.send_multipart([peer, protocol.pack(message)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as err:
+            log.warning("cannot send %s to the front: %s", message["t"], err)
+
+    def _error(self, request_id: int, code: grpc.StatusCode, text: str) -> dict[str, Any]:
+        return {"t": protocol.ERROR, "id": request_id, "inc": self.incarnation,
+                "c": code.value[0], "s": text}
+
+    async def _serve_call(self, peer: bytes, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        try:
+            body = await self.connection.call(message["m"], message["b"], message.get("d"))
+        except CallFailed as err:
+            self._send(peer, self._error(request_id, err.code, err.message))
+            return
+        except Exception as err:  # a bug must still answer, or the caller waits
+            log.exception("call %s failed", message["m"])
+            self._send(peer, self._error(request_id, grpc.StatusCode.INTERNAL, repr(err)))
+            return
+        self._send(peer, {"t": protocol.REPLY, "id": request_id, "inc": self.incarnation,
+                          "b": body})
+
+    async def _serve_stream(self, peer: bytes, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        try:
+            async for item in self.connection.stream(message["m"], message["b"], message.get("d")):
+                self._send(peer, {"t": protocol.ITEM, "id": request_id,
+                                  "inc": self.incarnation, "b": item})
+        except CallFailed as err:
+            self._send(peer, self._error(request_id, err.code, err.message))
+            return
+        self._send(peer, {"t": protocol.END, "id": request_id, "inc": self.incarnation})
