@@ -154,7 +154,7 @@ class Front:
         reporter.cancel()
         for link in self.links.values():
             await link.close()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
         for path in (Path(self.config.listen), self.config.status_file):
             path.unlink(missing_ok=True)
 

@@ -70,6 +70,7 @@ class WorkerLink:
         self._pending: dict[int, _Pending] = {}
         self._sock = ctx.socket(zmq.DEALER)
         self._tasks: list[asyncio.Task] = []
+        self._monitor: zmq.asyncio.Socket | None = None
         self._up = asyncio.Event()
 
     @property
@@ -89,17 +90,19 @@ class WorkerLink:
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._sock.connect(self.config.worker_endpoint(self.runtime))
         self._tasks = [asyncio.create_task(self._receive_loop()),
                        asyncio.create_task(self._heartbeat_loop()),
-                       asyncio.create_task(self._monitor_loop(monitor))]
+                       asyncio.create_task(self._monitor_loop(self._monitor))]
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_pending("the front is shutting down")
+        self._sock.disable_monitor()
+        self._monitor.close()
         self._sock.close()
 
     # --- state ---------------------------------------------------------------

@@ -66,8 +66,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(watcher, receiver, *self._tasks.values(), return_exceptions=True)
         await self.connection.close()
-        self._sock.close()
-        self._ctx.term()
+        self._ctx.destroy(linger=0)
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
