@@ -49,7 +49,7 @@ def plan_for(message: Descriptor) -> Plan:
     """The fields of `message` that hold ids or images, directly or below."""
     plan = []
     for field in message.fields:
-        repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        repeated = field.is_repeated
         if field.type == FieldDescriptor.TYPE_STRING:
             kind = _string_kind(message, field)
         elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_map(field):

@@ -1,0 +1,25 @@
+"""Unit tests: front ⇄ worker envelopes."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from criproxy import protocol
+
+
+def test_round_trip() -> None:
+    message = {"t": protocol.CALL, "id": 7, "m": "/runtime.v1.RuntimeService/Version",
+               "b": b"\x00\x01", "d": 1.5}
+    assert protocol.unpack(protocol.pack(message)) == message
+
+
+@pytest.mark.parametrize("frame, error", [
+    (b"\xc1", "undecodable"),
+    (msgpack.packb([1, 2]), "not a map"),
+    (msgpack.packb({"t": "bogus"}), "unknown message type"),
+    (msgpack.packb({"t": "call", "id": 1}), "lacks m, b"),
+    (b"", "undecodable"),
+])
+def test_malformed_frames_are_refused(frame: bytes, error: str) -> None:
+    with pytest.raises(protocol.ProtocolError, match=error):
+        protocol.unpack(frame)

@@ -1,0 +1,81 @@
+"""Unit tests: the command line and the -connect runtime list."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from criproxy.settings import (ConfigError, Runtime, config_from_args, config_from_values,
+                               connect_string, parse_connect, to_values)
+
+
+def test_primary_and_named_runtimes() -> None:
+    runtimes = parse_connect("/run/containerd.sock,virtlet.cloud:unix:///run/virtlet.sock")
+    assert runtimes == (Runtime("", "/run/containerd.sock"),
+                        Runtime("virtlet.cloud", "/run/virtlet.sock"))
+    assert runtimes[0].is_primary and runtimes[0].label == "primary"
+    assert runtimes[1].address == "unix:///run/virtlet.sock"
+
+
+def test_primary_may_be_a_unix_url() -> None:
+    assert parse_connect("unix:///run/c.sock") == (Runtime("", "/run/c.sock"),)
+
+
+@pytest.mark.parametrize("value, named", [
+    ("", "empty"),
+    ("/a,/b", "'/b'"),
+    ("/a,x:/b,x:/c", "'x'"),
+    ("/a,a/b:/c", "'a/b'"),
+    ("/a,a__b:/c", "'a__b'"),
+    ("/a,:/c", "':/c'"),
+    ("/a,x:", "'x:'"),
+    ("x:/a", "'x:/a'"),
+])
+def test_bad_connect_names_the_bad_entry(value: str, named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_connect(value)
+    assert named in str(err.value)
+
+
+def test_single_dash_flags_as_the_original() -> None:
+    config = config_from_args(["-v", "3", "-logtostderr", "-connect", "/a,vm:/b",
+                               "-listen", "/run/p.sock", "-streamPort", "12000"])
+    assert config.verbosity == 3 and config.logtostderr
+    assert config.listen == "/run/p.sock" and config.stream_port == 12000
+    assert [r.name for r in config.runtimes] == ["", "vm"]
+
+
+def test_double_dash_flags_work_too() -> None:
+    config = config_from_args(["--connect", "/a", "--streamUrl", "http://10.1.2.3:11250/"])
+    assert config.stream_url == "http://10.1.2.3:11250"
+
+
+def test_defaults_and_required() -> None:
+    config = config_from_values({"connect": "/a"})
+    assert config.listen == "/run/criproxy.sock" and config.rundir == "/run/criproxy"
+    assert config.list_budget == 2.0
+    with pytest.raises(ConfigError, match="-connect is required"):
+        config_from_values({})
+
+
+@pytest.mark.parametrize("flag, value", [("streamPort", "0"), ("streamPort", "x"),
+                                         ("v", "-1"), ("listBudget", "0"),
+                                         ("streamUrl", "10.0.0.1:80")])
+def test_bad_values_are_refused(flag: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"-{flag}"):
+        config_from_args(["-connect", "/a", f"-{flag}", value])
+
+
+def test_settings_round_trip_through_the_settings_file_form() -> None:
+    config = config_from_args(["-connect", "/a,vm:/b", "-v", "4", "-listBudget", "1.5"])
+    assert config_from_values(to_values(config)) == config
+    assert connect_string(config.runtimes) == "/a,vm:/b"
+
+
+def test_bad_connect_exits_2_with_one_line() -> None:
+    proc = subprocess.run([sys.executable, "-m", "criproxy", "-connect", "/a,x/y:/b"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "'x/y'" in proc.stderr
