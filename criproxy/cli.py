@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from criproxy import logs, status
+from criproxy import install, logs, status
 from criproxy.settings import EXIT_CONFIG_ERROR, ConfigError, config_from_args, load_settings_file
 
 
@@ -39,7 +39,7 @@ def front(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"front": front, "status": status.main}
+SUBCOMMANDS = {"front": front, "status": status.main, "install-systemd": install.main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,12 @@ def test_bad_connect_exits_2_with_one_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "'x/y'" in proc.stderr
+
+
+def test_readme_documents_every_flag() -> None:
+    from pathlib import Path
+
+    from criproxy.settings import SETTINGS
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [s.flag for s in SETTINGS if f"| `{s.flag}` |" not in readme]
+    assert not missing

@@ -1,0 +1,29 @@
+# The two commands a newcomer needs:
+#   make demo   set up, run criproxy in front of two real containerd runtimes, show it working
+#   make test   set up and run the whole test suite (what .ci/run runs)
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VPY) scripts/demo.py
+
+# pytest's exit code 5 means no test ran: that is a failure here.
+test: venv
+	$(VPY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+
+bench: venv
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
