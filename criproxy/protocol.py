@@ -66,6 +66,10 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     END: ("id", "inc"),
     PONG: ("inc", "pid", "st"),
 }
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": int, "m": str, "b": bytes, "d": (int, float, type(None)), "inc": str, "c": int,
+    "s": str, "pid": int, "st": str,
+}
 
 
 class RuntimeState(str, enum.Enum):
@@ -98,4 +102,8 @@ def unpack(frame: bytes) -> dict[str, Any]:
     missing = [key for key in required if key not in message]
     if missing:
         raise ProtocolError(f"{message['t']} message lacks {', '.join(missing)}")
+    wrong = [key for key, kind in _TYPES.items()
+             if key in message and not isinstance(message[key], kind)]
+    if wrong:
+        raise ProtocolError(f"{message['t']} message has ill-typed {', '.join(wrong)}")
     return message

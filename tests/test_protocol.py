@@ -19,6 +19,9 @@ def test_round_trip() -> None:
     (msgpack.packb({"t": "bogus"}), "unknown message type"),
     (msgpack.packb({"t": "call", "id": 1}), "lacks m, b"),
     (b"", "undecodable"),
+    (msgpack.packb({"t": "call", "id": "1", "m": "/x", "b": b""}), "ill-typed id"),
+    (msgpack.packb({"t": "call", "id": 1, "m": "/x", "b": "text"}, use_bin_type=True),
+     "ill-typed b"),
 ])
 def test_malformed_frames_are_refused(frame: bytes, error: str) -> None:
     with pytest.raises(protocol.ProtocolError, match=error):
