@@ -11,7 +11,8 @@ import asyncio
 import sys
 
 from criproxy import install, logs, status
-from criproxy.settings import EXIT_CONFIG_ERROR, ConfigError, config_from_args, load_settings_file
+from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, config_from_args,
+                               load_settings_file, report_boot_failure)
 
 
 def run(argv: list[str]) -> int:
@@ -32,8 +33,7 @@ def front(argv: list[str]) -> int:
     try:
         config = load_settings_file(args.settings)
     except ConfigError as err:
-        print(f"criproxy front: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return report_boot_failure(args.settings, "criproxy front", err)
     logs.setup("front", config.verbosity)
     asyncio.run(Front.serve(config))
     return 0

@@ -31,6 +31,8 @@ routed_to: contextvars.ContextVar[list[str]] = contextvars.ContextVar("routed_to
 
 _RESUBSCRIBE_DELAY = 1.0
 _EVENT_QUEUE = 1024
+# Share of the caller's remaining time a fan-out spends waiting for runtimes.
+_CALLER_SHARE = 0.8
 
 
 def default_stream_base(port: int) -> str:
@@ -179,7 +181,10 @@ class Dispatcher:
             return b""  # a filter naming two runtimes' objects matches nothing
         if named:
             return await self._forward(named.pop(), method, request, raw, timeout)
-        budget = min(timeout, self.config.list_budget) if timeout else self.config.list_budget
+        # Wait for runtimes only part of the caller's time, so a slow runtime is left
+        # out before the caller's deadline, not together with everyone else.
+        budget = (min(timeout * _CALLER_SHARE, self.config.list_budget) if timeout
+                  else self.config.list_budget)
         results = await asyncio.gather(
             *(self._call(name, method, raw, budget) for name in self.links),
             return_exceptions=True)
@@ -234,6 +239,11 @@ class Dispatcher:
                         log.warning("%s: subscriber too slow, dropping its stream", method.name)
                         return
             except CallError as err:
+                if err.code == grpc.StatusCode.UNIMPLEMENTED:
+                    # A merged stream lacking this runtime's events would hide its
+                    # containers: end it, so kubelet falls back to relisting.
+                    _offer(merged, CallError(err.code, f"runtime {link.label}: {err.message}"))
+                    return
                 log.warning("%s: stream of runtime %s ended: %s; re-subscribing",
                             method.name, link.label, err)
             await asyncio.sleep(_RESUBSCRIBE_DELAY)

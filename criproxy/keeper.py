@@ -1,71 +1,92 @@
-"""supervisord event listener that keeps every program alive, or stops all.
+"""A supervisord plugin that keeps every program alive, or stops them all.
+
+Loaded inside supervisord's own process (as an rpcinterface factory, the
+plugin hook supervisord offers), so it costs no process of its own:
 
 - PROCESS_STATE_FATAL: supervisord gave up starting a program and never
-  retries it by itself; retry it after a fixed delay, forever. Meanwhile the
-  front reports that runtime as down.
-- PROCESS_STATE_EXITED with expected=1: the program exited with the boot
-  failure code (bad configuration); restarting cannot help, so record why and
-  shut supervisord down.
-
-stdout is supervisord's event protocol channel; logs go to stderr.
+  retries it by itself; the keeper starts it again `retry_after` seconds
+  later (checked on supervisord's 5-second tick), for as long as it takes.
+  Meanwhile the front reports that runtime as down.
+- A program that cannot boot (bad configuration) writes its reason to the
+  runtime dir's boot-failure file and exits with code 2; when such a program
+  exits (BACKOFF or EXITED), a restart cannot help, so the keeper shuts
+  supervisord down and `criproxy` exits with that reason and code 2.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-import threading
+import time
 from pathlib import Path
+from typing import Any
 
-from supervisor import childutils
+from supervisor import events
+from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
+from supervisor.states import SupervisorStates
+from supervisor.xmlrpc import RPCError
 
-from criproxy.supervise import BOOT_FAILURE_FILE
+from criproxy.settings import BOOT_FAILURE_FILE
+
+_active: "Keeper | None" = None
 
 
-def _log(text: str) -> None:
-    print(f"criproxy keeper: {text}", file=sys.stderr, flush=True)
+def _namespec(process: Any) -> str:
+    return f"{process.group.config.name}:{process.config.name}"
 
 
-def _restart_later(name: str, delay: float) -> None:
-    def restart() -> None:
+class Keeper:
+    def __init__(self, supervisord: Any, rundir: Path, retry_after: float) -> None:
+        self._supervisord = supervisord
+        self._rundir = rundir
+        self._retry_after = retry_after
+        self._due: dict[str, float] = {}
+        self._subscriptions = [(events.ProcessStateFatalEvent, self._on_fatal),
+                               (events.ProcessStateExitedEvent, self._on_exit),
+                               (events.ProcessStateBackoffEvent, self._on_exit),
+                               (events.Tick5Event, self._on_tick)]
+
+    def _log(self, text: str) -> None:
+        self._supervisord.options.logger.warn(f"criproxy keeper: {text}")
+
+    def _subscribe(self) -> None:
+        for kind, callback in self._subscriptions:
+            events.subscribe(kind, callback)
+
+    def _unsubscribe(self) -> None:
+        for kind, callback in self._subscriptions:
+            events.unsubscribe(kind, callback)
+
+    def _on_fatal(self, event: Any) -> None:
+        name = _namespec(event.process)
+        self._log(f"{name} is FATAL; starting it again in {self._retry_after:g}s")
+        self._due[name] = time.monotonic() + self._retry_after
+
+    def _on_tick(self, _event: Any) -> None:
+        now = time.monotonic()
+        for name, due in list(self._due.items()):
+            if due <= now:
+                del self._due[name]
+                self._restart(name)
+
+    def _restart(self, name: str) -> None:
         try:
-            childutils.getRPCInterface(os.environ).supervisor.startProcess(name, False)
-            _log(f"restarted {name}")
-        except Exception as err:  # xmlrpc faults and socket errors alike
-            _log(f"cannot restart {name}: {err}")
-    timer = threading.Timer(delay, restart)
-    timer.daemon = True
-    timer.start()
+            SupervisorNamespaceRPCInterface(self._supervisord).startProcess(name, False)
+            self._log(f"started {name} again")
+        except RPCError as err:
+            self._log(f"cannot start {name}: {err.text}")
+
+    def _on_exit(self, event: Any) -> None:
+        failure = self._rundir / BOOT_FAILURE_FILE
+        if not failure.exists():
+            return
+        self._log(f"{_namespec(event.process)} cannot boot ({failure.read_text().strip()}); "
+                  "stopping criproxy instead of restarting it")
+        self._supervisord.options.mood = SupervisorStates.SHUTDOWN
 
 
-def _stop_everything(rundir: Path, name: str) -> None:
-    reason = (f"{name} exited with a boot failure (configuration error); "
-              "stopping criproxy instead of restarting it — see its log above")
-    _log(reason)
-    (rundir / BOOT_FAILURE_FILE).write_text(reason + "\n")
-    childutils.getRPCInterface(os.environ).supervisor.shutdown()
-
-
-def handle(event: str, fields: dict[str, str], rundir: Path, retry_after: float) -> None:
-    name = f"{fields['groupname']}:{fields['processname']}"
-    if event == "PROCESS_STATE_FATAL":
-        _log(f"{name} is FATAL; retrying it in {retry_after:g}s")
-        _restart_later(name, retry_after)
-    elif event == "PROCESS_STATE_EXITED" and fields.get("expected") == "1":
-        _stop_everything(rundir, name)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="criproxy-keeper")
-    parser.add_argument("--rundir", required=True)
-    parser.add_argument("--retry-after", type=float, required=True)
-    args = parser.parse_args(argv)
-    while True:
-        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
-        fields = childutils.get_headers(payload.split("\n", 1)[0])
-        handle(headers["eventname"], fields, Path(args.rundir), args.retry_after)
-        childutils.listener.ok(sys.stdout)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def make_keeper(supervisord: Any, rundir: str, retry_after: str) -> Keeper:
+    """supervisord's rpcinterface factory; a reload replaces the previous keeper."""
+    global _active
+    if _active is not None:
+        _active._unsubscribe()
+    _active = Keeper(supervisord, Path(rundir), float(retry_after))
+    _active._subscribe()
+    return _active

@@ -11,10 +11,14 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 EXIT_CONFIG_ERROR = 2
+# A program that cannot boot leaves its reason here (in the runtime dir) for
+# the keeper, which then stops everything instead of restarting it.
+BOOT_FAILURE_FILE = "boot-failure"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -257,3 +261,14 @@ def load_settings_file(path: str) -> Config:
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read settings file {path}: {err}") from None
     return config_from_values(values)
+
+
+def report_boot_failure(settings_file: str, program: str, err: Exception) -> int:
+    """Say why a program cannot boot, where the keeper looks; return the exit code."""
+    message = f"{program}: {err}"
+    print(message, file=sys.stderr)
+    try:
+        (Path(settings_file).parent / BOOT_FAILURE_FILE).write_text(message + "\n")
+    except OSError as write_err:
+        print(f"{program}: cannot record the boot failure: {write_err}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR

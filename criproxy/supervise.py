@@ -2,21 +2,18 @@
 
 `criproxy` validates its settings, writes them (and supervisord's
 configuration, derived from the top-level supervisord.conf template) into
-the runtime dir, and runs supervisord as its child until told to stop.
+the runtime dir, then becomes supervisord itself (in-process, so no extra
+process sits on the node) until supervisord shuts down.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
 
-from criproxy.settings import EXIT_CONFIG_ERROR, Config, ConfigError, to_values
-
-BOOT_FAILURE_FILE = "boot-failure"
+from criproxy.settings import BOOT_FAILURE_FILE, EXIT_CONFIG_ERROR, Config, ConfigError, to_values
 # A crash-looping program is retried this long after supervisord gives up on it.
 RETRY_AFTER = 5.0
 
@@ -71,30 +68,16 @@ def write_runtime_files(config: Config) -> Path:
 
 
 def run_supervised(config: Config) -> int:
-    """Run supervisord in the foreground; forward SIGTERM/SIGINT to it."""
+    """Run supervisord in the foreground; it handles SIGTERM/SIGINT itself."""
+    from supervisor import supervisord
     conf = write_runtime_files(config)
-    received: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda s, _f: received.append(s))
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c",
-                             str(conf)])
-    stopping = False
-    while proc.poll() is None:
-        if received and not stopping:
-            proc.send_signal(signal.SIGTERM)
-            stopping = True
-        try:
-            proc.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            pass
-    return _exit_code(Path(config.rundir), proc.returncode, stopping)
+    supervisord.main(args=["-n", "-c", str(conf)])
+    return _exit_code(Path(config.rundir))
 
 
-def _exit_code(rundir: Path, returncode: int, stopping: bool) -> int:
+def _exit_code(rundir: Path) -> int:
     failure = rundir / BOOT_FAILURE_FILE
     if failure.exists():
         print(f"criproxy: {failure.read_text().strip()}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if stopping:
-        return 0
-    return returncode or 1
+    return 0

@@ -9,7 +9,7 @@ import asyncio
 import sys
 
 from criproxy import logs
-from criproxy.settings import EXIT_CONFIG_ERROR, ConfigError, load_settings_file
+from criproxy.settings import ConfigError, load_settings_file, report_boot_failure
 from workers.worker import Worker
 
 
@@ -23,8 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_settings_file(args.settings)
         runtime = config.runtime_at(args.runtime_index)
     except ConfigError as err:
-        print(f"criproxy worker: {err}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return report_boot_failure(args.settings, "criproxy worker", err)
     logs.setup(f"worker-{runtime.label}", config.verbosity)
     asyncio.run(Worker.serve(config, runtime))
     return 0

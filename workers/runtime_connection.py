@@ -100,7 +100,18 @@ class RuntimeConnection:
         try:
             return await self._channel.unary_unary(method)(body, timeout=timeout)
         except grpc.aio.AioRpcError as err:
-            raise CallFailed(err.code(), err.details() or "") from None
+            raise self._failed(err) from None
+
+    def _failed(self, err: grpc.aio.AioRpcError) -> CallFailed:
+        """The runtime's own errors pass unchanged; a broken connection names the runtime."""
+        details = err.details() or ""
+        # The runtime's own UNAVAILABLE leaves the channel READY; a runtime that
+        # exited mid-call ("Socket closed") does not, and kubelet must learn which.
+        if err.code() == grpc.StatusCode.UNAVAILABLE and \
+                self._channel.get_state() != grpc.ChannelConnectivity.READY:
+            details = (f"runtime {self.runtime.label} ({self.runtime.socket}): "
+                       f"connection lost: {details}")
+        return CallFailed(err.code(), details)
 
     async def stream(self, method: str, body: bytes,
                      timeout: float | None) -> AsyncIterator[bytes]:
@@ -110,7 +121,7 @@ class RuntimeConnection:
             async for item in call:
                 yield item
         except grpc.aio.AioRpcError as err:
-            raise CallFailed(err.code(), err.details() or "") from None
+            raise self._failed(err) from None
         finally:
             call.cancel()
 
