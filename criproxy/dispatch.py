@@ -77,6 +77,7 @@ class Dispatcher:
                     timeout: float | None) -> bytes:
         link = self.links[runtime]
         routed_to.get([]).append(link.label)
+        _check_version(link, method)
         return await link.call(method.path, body, timeout)
 
     async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
@@ -234,6 +235,7 @@ class Dispatcher:
         while True:
             await link.wait_up()
             try:
+                _check_version(link, method)
                 async for item in link.stream(method.path, raw):
                     if not _offer(merged, self._present(runtime, method, item)):
                         log.warning("%s: subscriber too slow, dropping its stream", method.name)
@@ -260,6 +262,12 @@ def _offer(merged: asyncio.Queue, item: bytes) -> bool:
         merged.put_nowait(CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     f"event subscriber too slow: {_EVENT_QUEUE} events unread"))
         return False
+
+
+def _check_version(link: WorkerLink, method: Method) -> None:
+    if link.cri_version == "v1alpha2" and not method.in_v1alpha2:
+        raise CallError(grpc.StatusCode.UNIMPLEMENTED,
+                        f"runtime {link.label} speaks CRI v1alpha2, which has no {method.name}")
 
 
 def _joined(errors: list[tuple[str, BaseException]]) -> CallError:

@@ -3,6 +3,11 @@
 This is ROUTING.md as data. The front looks a method up here; a method that is
 not in the table answers UNIMPLEMENTED, because forwarding an unknown (newer)
 List-style call to one runtime would hide the other runtimes' objects.
+
+Both CRI versions are served. runtime.v1alpha2's messages are a wire-compatible
+subset of runtime.v1's (same field numbers and types: tests check it), so a
+v1alpha2 call is the v1 method of the same name, its bytes unchanged; the
+worker sends it to its runtime under the version that runtime speaks.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from cri_api.v1 import api_pb2 as v1
+from cri_api.v1alpha2 import api_pb2 as v1alpha2
 
 
 class Rule(enum.Enum):
@@ -93,28 +99,36 @@ _IMAGE_ROUTES: dict[str, Route] = {
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    path: str
+    path: str                          # the runtime.v1 path, whatever the caller used
     name: str
     route: Route
     request: type[Message]
     response: type[Message]
+    in_v1alpha2: bool                  # a v1alpha2 runtime has it too
 
 
 def _methods(prefix: str, service: str, routes: dict[str, Route]) -> dict[str, Method]:
     descriptor = v1.DESCRIPTOR.services_by_name[service]
+    older = v1alpha2.DESCRIPTOR.services_by_name[service].methods_by_name
     table = {}
     for name, route in routes.items():
         method = descriptor.methods_by_name[name]
         table[prefix + name] = Method(prefix + name, name, route,
                                       GetMessageClass(method.input_type),
-                                      GetMessageClass(method.output_type))
+                                      GetMessageClass(method.output_type), name in older)
     return table
 
 
-METHODS: dict[str, Method] = {
+def _v1alpha2_aliases(methods: dict[str, Method]) -> dict[str, Method]:
+    return {m.path.replace("/runtime.v1.", "/runtime.v1alpha2.", 1): m
+            for m in methods.values() if m.in_v1alpha2}
+
+
+_V1_METHODS: dict[str, Method] = {
     **_methods(RUNTIME_SERVICE, "RuntimeService", _RUNTIME_ROUTES),
     **_methods(IMAGE_SERVICE, "ImageService", _IMAGE_ROUTES),
 }
+METHODS: dict[str, Method] = {**_V1_METHODS, **_v1alpha2_aliases(_V1_METHODS)}
 
 TARGET_RUNTIME_ANNOTATION = "kubernetes.io/target-runtime"
 

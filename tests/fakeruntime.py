@@ -29,6 +29,7 @@ from typing import Any, AsyncIterator, Iterable
 
 import grpc
 from cri_api.v1 import api_pb2 as cri
+from cri_api.v1alpha2 import api_pb2 as cri_v1alpha2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
@@ -51,10 +52,17 @@ class CriMethod:
     streaming: bool
 
 
-def _cri_methods() -> dict[str, CriMethod]:
-    """Map every runtime.v1 gRPC path to its short name and request type."""
+CRI_VERSIONS = {"v1": cri, "v1alpha2": cri_v1alpha2}
+
+
+def _cri_methods(version: str) -> dict[str, CriMethod]:
+    """Map every gRPC path of one CRI version to its short name and request type.
+
+    v1alpha2 messages are a wire-compatible subset of v1's, so one in-memory
+    runtime (speaking v1 messages) serves both versions' paths.
+    """
     methods = {}
-    for service in cri.DESCRIPTOR.services_by_name.values():
+    for service in CRI_VERSIONS[version].DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             methods[f"/{service.full_name}/{method.name}"] = CriMethod(
                 method.name, getattr(cri, method.input_type.name), method.server_streaming
@@ -62,7 +70,7 @@ def _cri_methods() -> dict[str, CriMethod]:
     return methods
 
 
-CRI_METHODS = _cri_methods()
+CRI_METHODS = _cri_methods("v1")
 CRI_METHOD_NAMES = frozenset(method.name for method in CRI_METHODS.values())
 
 
@@ -527,9 +535,11 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self._file = open(path, "a", encoding="utf-8")
 
-    def record(self, method: str, request: Message | None, raw: bytes, metadata: Iterable[tuple[str, Any]]) -> None:
+    def record(self, method: str, request: Message | None, raw: bytes, metadata: Iterable[tuple[str, Any]],
+               path: str = "") -> None:
         entry = {
             "method": method,
+            "path": path,
             "request": None
             if request is None
             else json_format.MessageToDict(request, preserving_proto_field_name=True),
@@ -565,7 +575,9 @@ class CriHandler(grpc.GenericRpcHandler):
         journal: Journal,
         failures: dict[str, tuple[grpc.StatusCode, str]],
         delays: dict[str, float],
+        methods: dict[str, CriMethod],
     ) -> None:
+        self.methods = methods
         self.state = state
         self.journal = journal
         self.failures = failures
@@ -573,20 +585,20 @@ class CriHandler(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         path = handler_call_details.method
-        method = CRI_METHODS.get(path)
+        method = self.methods.get(path)
         if method is None:
             return grpc.unary_unary_rpc_method_handler(partial(self._unknown, path))
         if method.streaming:
-            return grpc.unary_stream_rpc_method_handler(partial(self._stream, method))
-        return grpc.unary_unary_rpc_method_handler(partial(self._unary, method))
+            return grpc.unary_stream_rpc_method_handler(partial(self._stream, method, path))
+        return grpc.unary_unary_rpc_method_handler(partial(self._unary, method, path))
 
-    async def _admit(self, method: CriMethod, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+    async def _admit(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         """Journal the call, then apply the configured delay and failure."""
         try:
             request = method.request_type.FromString(raw)
         except DecodeError:
             request = None
-        self.journal.record(method.name, request, raw, context.invocation_metadata())
+        self.journal.record(method.name, request, raw, context.invocation_metadata(), path)
         if request is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {method.name} request")
         if method.name in self.delays:
@@ -595,22 +607,22 @@ class CriHandler(grpc.GenericRpcHandler):
             await context.abort(*self.failures[method.name])
         return request
 
-    async def _unary(self, method: CriMethod, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = await self._admit(method, raw, context)
+    async def _unary(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = await self._admit(method, path, raw, context)
         try:
             response = getattr(self.state, method.name)(request)
         except CriError as error:
             await context.abort(error.code, error.message)
         return response.SerializeToString()
 
-    async def _stream(self, method: CriMethod, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        await self._admit(method, raw, context)
+    async def _stream(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await self._admit(method, path, raw, context)
         async for event in self.state.events():
             yield event.SerializeToString()
 
     async def _unknown(self, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Journaled too, so tests can see e.g. v1alpha2 calls that reached the runtime.
-        self.journal.record(path, None, raw, context.invocation_metadata())
+        self.journal.record(path, None, raw, context.invocation_metadata(), path)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")
 
 
@@ -655,14 +667,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--delay", action="append", default=[], type=_parse_delay, metavar="METHOD=SECONDS",
         help="sleep before answering METHOD",
     )
+    parser.add_argument(
+        "--cri-versions", default="v1", type=_cri_versions, metavar="V[,V]",
+        help="CRI versions to serve: v1, v1alpha2 or both (v1,v1alpha2)",
+    )
     return parser.parse_args(argv)
+
+
+def _cri_versions(text: str) -> dict[str, CriMethod]:
+    methods: dict[str, CriMethod] = {}
+    for version in text.split(","):
+        if version not in CRI_VERSIONS:
+            raise argparse.ArgumentTypeError(f"unknown CRI version {version!r}")
+        methods.update(_cri_methods(version))
+    return methods
 
 
 async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, then stop and remove the socket."""
     args.socket.unlink(missing_ok=True)  # a SIGKILLed predecessor leaves its socket behind
     journal = Journal(args.journal)
-    handler = CriHandler(RuntimeState(args.name, args.url_base), journal, dict(args.fail), dict(args.delay))
+    handler = CriHandler(RuntimeState(args.name, args.url_base), journal, dict(args.fail), dict(args.delay),
+                         args.cri_versions)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"unix://{args.socket}")

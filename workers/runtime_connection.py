@@ -8,6 +8,7 @@ instead of waiting for a socket that is not there.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -30,7 +31,11 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-_VERSION_METHOD = "/runtime.v1.RuntimeService/Version"
+_VERSION = "/runtime.{}.RuntimeService/Version"
+# Newest first: a runtime that lacks v1 (UNIMPLEMENTED) may still speak v1alpha2.
+_CRI_VERSIONS = ("v1", "v1alpha2")
+# How long an UNAVAILABLE call waits to see whether the connection itself broke.
+_CONNECTION_LOST_GRACE = 0.1
 
 
 class CallFailed(Exception):
@@ -77,14 +82,26 @@ class RuntimeConnection:
             self._transition(RuntimeState.CONNECTING, f"connecting to {self.runtime.socket}")
 
     async def _confirm_up(self) -> None:
-        """A connected socket is not yet a CRI runtime: ask it for its version."""
-        try:
-            await self._raw_call(_VERSION_METHOD, b"", timeout=5.0)
-        except CallFailed as err:
-            self._transition(RuntimeState.DOWN, f"Version failed: {err.code.name}: {err.message}")
+        """A connected socket is not yet a CRI runtime: find the CRI version it speaks."""
+        for version in _CRI_VERSIONS:
+            try:
+                await self._raw_call(_VERSION.format(version), b"", timeout=5.0)
+            except CallFailed as err:
+                if err.code == grpc.StatusCode.UNIMPLEMENTED:
+                    continue
+                self._transition(RuntimeState.DOWN,
+                                 f"Version failed: {err.code.name}: {err.message}")
+                return
+            self.cri_version = version
+            self._transition(RuntimeState.UP, f"connected, speaks CRI {version}")
             return
-        self.cri_version = "v1"
-        self._transition(RuntimeState.UP, "connected, answers CRI v1 Version")
+        self._transition(RuntimeState.DOWN, "speaks neither CRI v1 nor v1alpha2")
+
+    def _path(self, method: str) -> str:
+        """The front always names v1 methods; a v1alpha2 runtime has them under its own."""
+        if self.cri_version == "v1alpha2":
+            return method.replace("/runtime.v1.", "/runtime.v1alpha2.", 1)
+        return method
 
     def _check_up(self) -> None:
         if self.state != RuntimeState.UP:
@@ -94,34 +111,44 @@ class RuntimeConnection:
 
     async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
         self._check_up()
-        return await self._raw_call(method, body, timeout)
+        return await self._raw_call(self._path(method), body, timeout)
 
     async def _raw_call(self, method: str, body: bytes, timeout: float | None) -> bytes:
         try:
             return await self._channel.unary_unary(method)(body, timeout=timeout)
         except grpc.aio.AioRpcError as err:
-            raise self._failed(err) from None
+            raise await self._failed(err) from None
 
-    def _failed(self, err: grpc.aio.AioRpcError) -> CallFailed:
+    async def _failed(self, err: grpc.aio.AioRpcError) -> CallFailed:
         """The runtime's own errors pass unchanged; a broken connection names the runtime."""
         details = err.details() or ""
-        # The runtime's own UNAVAILABLE leaves the channel READY; a runtime that
-        # exited mid-call ("Socket closed") does not, and kubelet must learn which.
-        if err.code() == grpc.StatusCode.UNAVAILABLE and \
-                self._channel.get_state() != grpc.ChannelConnectivity.READY:
+        if err.code() == grpc.StatusCode.UNAVAILABLE and not await self._still_connected():
             details = (f"runtime {self.runtime.label} ({self.runtime.socket}): "
                        f"connection lost: {details}")
         return CallFailed(err.code(), details)
 
+    async def _still_connected(self) -> bool:
+        """The runtime's own UNAVAILABLE leaves the channel READY; a runtime that exited
+        mid-call ("Socket closed") does not, though the channel may lag a few ms."""
+        ready = grpc.ChannelConnectivity.READY
+        if self._channel.get_state() != ready:
+            return False
+        try:
+            await asyncio.wait_for(self._channel.wait_for_state_change(ready),
+                                   _CONNECTION_LOST_GRACE)
+        except asyncio.TimeoutError:
+            return True
+        return self._channel.get_state() == ready
+
     async def stream(self, method: str, body: bytes,
                      timeout: float | None) -> AsyncIterator[bytes]:
         self._check_up()
-        call = self._channel.unary_stream(method)(body, timeout=timeout)
+        call = self._channel.unary_stream(self._path(method))(body, timeout=timeout)
         try:
             async for item in call:
                 yield item
         except grpc.aio.AioRpcError as err:
-            raise self._failed(err) from None
+            raise await self._failed(err) from None
         finally:
             call.cancel()
 
