@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from criproxy import logs
+from criproxy import logs, metrics
 from criproxy.naming import PRIMARY, Names
 from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
 from criproxy.routing import Digest, Method, Rule, field_value, target_runtime_annotation
@@ -55,11 +55,12 @@ class Dispatcher:
     def __init__(self, config: Config, links: dict[str, WorkerLink]) -> None:
         self.config = config
         self.links = links  # in -connect order, primary first
-        self.names = Names(list(links))
+        self.names = Names(list(links), config.runtime_handlers)
         self.stream_base = config.stream_url or default_stream_base(config.stream_port)
         self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
                                          Awaitable[bytes]]] = {
             Rule.PRIMARY: self._to_primary,
+            Rule.STATUS: self._status,
             Rule.BROADCAST: self._broadcast,
             Rule.BY_ANNOTATION: self._by_annotation,
             Rule.BY_ID: self._by_id,
@@ -82,15 +83,15 @@ class Dispatcher:
 
     async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
                        timeout: float | None) -> bytes:
-        self._fit_request(runtime, request)
-        body = raw if runtime == PRIMARY else request.SerializeToString()
+        changed = self._fit_request(runtime, request)
+        body = raw if runtime == PRIMARY and not changed else request.SerializeToString()
         answer = await self._call(runtime, method, body, timeout)
         return self._present(runtime, method, answer)
 
-    def _fit_request(self, runtime: str, request: Message) -> None:
+    def _fit_request(self, runtime: str, request: Message) -> bool:
         """Strip our prefixes; refuse objects of another runtime than `runtime`."""
         try:
-            strip_prefixes(request, runtime, self.names)
+            return strip_prefixes(request, runtime, self.names)
         except ForeignObject as err:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                             self._foreign_message(err, runtime)) from None
@@ -119,9 +120,29 @@ class Dispatcher:
                           timeout: float | None) -> bytes:
         return await self._call(PRIMARY, method, raw, timeout)
 
+    async def _status(self, method: Method, request: Message, raw: bytes,
+                      timeout: float | None) -> bytes:
+        """The primary's status, offering kubelet every mapped RuntimeClass handler too."""
+        answer = await self._call(PRIMARY, method, raw, timeout)
+        if not self.names.handlers:
+            return answer
+        response = parse(method.response, answer)
+        offered = {handler.name for handler in response.runtime_handlers}  # type: ignore[attr-defined]
+        for route in self.names.handlers:
+            if route.handler not in offered:
+                response.runtime_handlers.add(name=route.handler)  # type: ignore[attr-defined]
+        return response.SerializeToString()
+
     async def _by_annotation(self, method: Method, request: Message, raw: bytes,
                              timeout: float | None) -> bytes:
+        """The annotation names the runtime; without one, the RuntimeClass handler does.
+
+        The annotation wins when both are given: it is the older, explicit contract.
+        """
         runtime = target_runtime_annotation(request)
+        if not runtime:
+            route = self.names.handler_route(request.runtime_handler)  # type: ignore[attr-defined]
+            runtime = route.runtime if route else PRIMARY
         if runtime not in self.links:
             configured = ", ".join(n for n in self.links if n) or "none"
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -136,7 +157,8 @@ class Dispatcher:
 
     async def _by_image(self, method: Method, request: Message, raw: bytes,
                         timeout: float | None) -> bytes:
-        runtime, _ = self.names.split_image(field_value(request, method.route.key))
+        spec = field_value(request, method.route.key)
+        runtime, _ = self.names.split_image(spec.image, spec.runtime_handler)
         if runtime is not None:
             return await self._forward(runtime, method, request, raw, timeout)
         if method.route.digest == Digest.FIRST_FOUND:
@@ -207,6 +229,7 @@ class Dispatcher:
         return b"".join(parts)
 
     def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:
+        metrics.runtime_skipped(link.label, method.name)
         if err.code == grpc.StatusCode.DEADLINE_EXCEEDED or logs.enabled(2):
             log.warning("%s: answering without runtime %s: %s", method.name, link.label, err)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from criproxy.settings import HandlerRoute
+
 ID_SEPARATOR = "__"
 IMAGE_SEPARATOR = "/"
 PRIMARY = ""
@@ -20,10 +22,19 @@ def is_digest(image: str) -> bool:
 
 
 class Names:
-    """Splits and joins prefixes for one set of configured runtime names."""
+    """Tells which runtime owns an id, an image or a RuntimeClass handler."""
 
-    def __init__(self, runtime_names: list[str]) -> None:
+    def __init__(self, runtime_names: list[str],
+                 handlers: tuple[HandlerRoute, ...] = ()) -> None:
         self._named = frozenset(n for n in runtime_names if n)
+        self._handlers = {route.handler: route for route in handlers}
+
+    @property
+    def handlers(self) -> list[HandlerRoute]:
+        return list(self._handlers.values())
+
+    def handler_route(self, handler: str) -> HandlerRoute | None:
+        return self._handlers.get(handler) if handler else None
 
     def split_id(self, object_id: str) -> tuple[str, str]:
         """`alt__x` → ("alt", "x"); an id with no known prefix belongs to the primary."""
@@ -32,14 +43,19 @@ class Names:
             return name, rest
         return PRIMARY, object_id
 
-    def split_image(self, image: str) -> tuple[str | None, str]:
-        """`alt/img` → ("alt", "img"); a digest → (None, digest): it fits any runtime."""
+    def split_image(self, image: str, handler: str = "") -> tuple[str | None, str]:
+        """`alt/img` → ("alt", "img"); a digest → (None, digest): it fits any runtime.
+
+        An image without a prefix belongs to the runtime of its ImageSpec's
+        RuntimeClass handler when that is mapped, else to the primary.
+        """
         if is_digest(image):
             return None, image
         name, sep, rest = image.partition(IMAGE_SEPARATOR)
         if sep and name in self._named:
             return name, rest
-        return PRIMARY, image
+        route = self.handler_route(handler)
+        return (route.runtime if route else PRIMARY), image
 
 
 def prefix_id(runtime: str, object_id: str) -> str:

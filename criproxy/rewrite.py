@@ -21,7 +21,9 @@ IMAGE_FIELDS = frozenset({"image", "user_specified_image", "image_ref", "image_i
 # In these messages `id` is an image id, not a sandbox or container id.
 IMAGE_ID_MESSAGES = frozenset({"Image"})
 
-ID, IMAGE, MESSAGE = "id", "image", "message"
+HANDLER_FIELDS = frozenset({"runtime_handler"})
+
+ID, IMAGE, HANDLER, MESSAGE = "id", "image", "handler", "message"
 
 Plan = tuple[tuple[str, str, bool], ...]  # (field name, kind, repeated)
 
@@ -41,6 +43,8 @@ def _string_kind(message: Descriptor, field: FieldDescriptor) -> str | None:
         return ID
     if field.name in IMAGE_FIELDS:
         return IMAGE
+    if field.name in HANDLER_FIELDS:
+        return HANDLER
     return None
 
 
@@ -65,22 +69,23 @@ def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type.GetOptions().map_entry
 
 
-Rewriter = Callable[[str, str, str], str]  # (kind, field name, value) -> new value
+# (kind, field name, value, the message holding it) -> new value
+Rewriter = Callable[[str, str, str, Message], str]
 
 
 def rewrite(message: Message, rewriter: Rewriter) -> None:
-    """Apply `rewriter` to every non-empty id and image string in `message`, in place."""
+    """Apply `rewriter` to every non-empty id, image and handler string in `message`."""
     for name, kind, repeated in plan_for(message.DESCRIPTOR):
         if kind == MESSAGE:
             _rewrite_submessages(message, name, repeated, rewriter)
         elif repeated:
             values = getattr(message, name)
             if values:
-                values[:] = [rewriter(kind, name, v) for v in values]
+                values[:] = [rewriter(kind, name, v, message) for v in values]
         else:
             value = getattr(message, name)
             if value:
-                setattr(message, name, rewriter(kind, name, value))
+                setattr(message, name, rewriter(kind, name, value, message))
 
 
 def _rewrite_submessages(message: Message, name: str, repeated: bool,
@@ -97,27 +102,47 @@ def add_prefixes(message: Message, runtime: str) -> None:
     if not runtime:
         return
 
-    def prefix(kind: str, _name: str, value: str) -> str:
-        return prefix_id(runtime, value) if kind == ID else prefix_image(runtime, value)
+    def prefix(kind: str, _name: str, value: str, _message: Message) -> str:
+        if kind == ID:
+            return prefix_id(runtime, value)
+        return prefix_image(runtime, value) if kind == IMAGE else value
     rewrite(message, prefix)
 
 
-def strip_prefixes(message: Message, runtime: str, names: Names) -> None:
-    """Make a request fit `runtime`: drop its prefixes, refuse other runtimes' objects."""
-    def strip(kind: str, name: str, value: str) -> str:
-        owner, bare = names.split_id(value) if kind == ID else names.split_image(value)
+def _owner(kind: str, value: str, message: Message, names: Names) -> tuple[str | None, str]:
+    """Which runtime a request's id, image or handler belongs to, and its bare form."""
+    if kind == ID:
+        return names.split_id(value)
+    if kind == IMAGE:
+        return names.split_image(value, getattr(message, "runtime_handler", ""))
+    route = names.handler_route(value)
+    return (route.runtime, route.runtime_handler) if route else (None, value)
+
+
+def strip_prefixes(message: Message, runtime: str, names: Names) -> bool:
+    """Make a request fit `runtime`: drop prefixes, rename mapped handlers, refuse
+    other runtimes' objects. Returns whether anything changed."""
+    changed = False
+
+    def strip(kind: str, name: str, value: str, holder: Message) -> str:
+        nonlocal changed
+        owner, bare = _owner(kind, value, holder, names)
         if owner is not None and owner != runtime:
+            if kind == HANDLER:
+                return value  # another runtime's handler name: this runtime may know it
             raise ForeignObject(name, value, owner)
+        changed |= bare != value
         return bare
     rewrite(message, strip)
+    return changed
 
 
 def owners(message: Message, names: Names) -> set[str]:
     """The runtimes whose objects a request (e.g. a List filter) names."""
     found: set[str] = set()
 
-    def collect(kind: str, _name: str, value: str) -> str:
-        owner, _bare = names.split_id(value) if kind == ID else names.split_image(value)
+    def collect(kind: str, _name: str, value: str, holder: Message) -> str:
+        owner, _bare = _owner(kind, value, holder, names)
         if owner is not None:
             found.add(owner)
         return value

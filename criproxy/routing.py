@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -23,10 +24,11 @@ from cri_api.v1alpha2 import api_pb2 as v1alpha2
 
 class Rule(enum.Enum):
     PRIMARY = "primary"                # the primary runtime, nothing rewritten
+    STATUS = "status"                  # the primary's, plus every mapped handler
     BROADCAST = "broadcast"            # every runtime that is up, errors joined
     BY_ANNOTATION = "by annotation"    # kubernetes.io/target-runtime on the pod config
     BY_ID = "by id"                    # the runtime owning the id prefix of `key`
-    BY_IMAGE = "by image"              # the runtime owning the image prefix of `key`
+    BY_IMAGE = "by image"              # the runtime owning the ImageSpec `key` (prefix, handler)
     FAN_OUT = "fan-out"                # every runtime (or the one a filter names), merged
     STREAM_MERGE = "stream merge"      # every runtime's stream, merged
 
@@ -47,7 +49,7 @@ CHANGE, STATUS, LIST = 3, 4, 5
 class Route:
     rule: Rule
     log_level: int
-    key: str = ""                      # dotted path of the field that routes the call
+    key: str = ""                      # dotted path of the field (or ImageSpec) routing the call
     stream_url: bool = False           # the answer's url may be relative
     digest: Digest = Digest.PRIMARY
 
@@ -57,7 +59,7 @@ IMAGE_SERVICE = "/runtime.v1.ImageService/"
 
 _RUNTIME_ROUTES: dict[str, Route] = {
     "Version": Route(Rule.PRIMARY, STATUS),
-    "Status": Route(Rule.PRIMARY, STATUS),
+    "Status": Route(Rule.STATUS, STATUS),
     "RuntimeConfig": Route(Rule.PRIMARY, STATUS),
     "UpdateRuntimeConfig": Route(Rule.BROADCAST, CHANGE),
     "RunPodSandbox": Route(Rule.BY_ANNOTATION, CHANGE),
@@ -91,9 +93,9 @@ _RUNTIME_ROUTES: dict[str, Route] = {
 _IMAGE_ROUTES: dict[str, Route] = {
     "ListImages": Route(Rule.FAN_OUT, LIST),
     "ImageFsInfo": Route(Rule.FAN_OUT, LIST),
-    "ImageStatus": Route(Rule.BY_IMAGE, STATUS, "image.image", digest=Digest.FIRST_FOUND),
-    "PullImage": Route(Rule.BY_IMAGE, CHANGE, "image.image"),
-    "RemoveImage": Route(Rule.BY_IMAGE, CHANGE, "image.image", digest=Digest.EVERY),
+    "ImageStatus": Route(Rule.BY_IMAGE, STATUS, "image", digest=Digest.FIRST_FOUND),
+    "PullImage": Route(Rule.BY_IMAGE, CHANGE, "image"),
+    "RemoveImage": Route(Rule.BY_IMAGE, CHANGE, "image", digest=Digest.EVERY),
 }
 
 
@@ -133,12 +135,12 @@ METHODS: dict[str, Method] = {**_V1_METHODS, **_v1alpha2_aliases(_V1_METHODS)}
 TARGET_RUNTIME_ANNOTATION = "kubernetes.io/target-runtime"
 
 
-def field_value(message: Message, path: str) -> str:
-    """Read a dotted field path, e.g. `image.image`."""
+def field_value(message: Message, path: str) -> Any:
+    """Read a dotted field path, e.g. `config.metadata`."""
     value = message
     for part in path.split("."):
         value = getattr(value, part)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def target_runtime_annotation(request: Message) -> str:

@@ -94,6 +94,41 @@ def _parse_entry(entry: str, first: bool) -> Runtime:
     return Runtime(name, _socket_path(entry, rest))
 
 
+@dataclasses.dataclass(frozen=True)
+class HandlerRoute:
+    """A RuntimeClass handler kubelet names, the runtime serving it, and its name there."""
+
+    handler: str
+    runtime: str
+    runtime_handler: str
+
+    def __str__(self) -> str:
+        return f"{self.handler}={self.runtime}:{self.runtime_handler}"
+
+
+def parse_handlers(value: str) -> tuple[HandlerRoute, ...]:
+    """Parse `HANDLER=RUNTIME[:RUNTIME_HANDLER],...`; without `:` the name is kept."""
+    routes: list[HandlerRoute] = []
+    for entry in filter(None, value.split(",")):
+        handler, sep, target = entry.partition("=")
+        if not sep or not handler:
+            raise ConfigError(f"-runtimeHandlers entry {entry!r}: want "
+                              "HANDLER=RUNTIME[:RUNTIME_HANDLER] (RUNTIME empty: the primary)")
+        runtime, colon, runtime_handler = target.partition(":")
+        if any(r.handler == handler for r in routes):
+            raise ConfigError(f"-runtimeHandlers: handler {handler!r} is given more than once")
+        routes.append(HandlerRoute(handler, runtime, runtime_handler if colon else handler))
+    return tuple(routes)
+
+
+def handlers_string(routes: tuple[HandlerRoute, ...]) -> str:
+    return ",".join(map(str, routes))
+
+
+def connect_string(runtimes: tuple[Runtime, ...]) -> str:
+    return ",".join(r.socket if r.is_primary else f"{r.name}:{r.socket}" for r in runtimes)
+
+
 def _verbosity(value: str) -> int:
     level = int(value)
     if not 0 <= level <= 10:
@@ -121,6 +156,36 @@ def _stream_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _group(value: str) -> str:
+    """A group that exists: a typo must stop criproxy, not crash-loop the front."""
+    if value:
+        import grp
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("no such group") from None
+    return value
+
+
+def _metrics_address(value: str) -> str:
+    """`host:port`, `[v6]:port`, `unix:/path`, or `off`/empty (returned as "")."""
+    value = value.strip()
+    if value in ("", "off"):
+        return ""
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        path = path[2:] if path.startswith("//") else path
+        if not path.startswith("/"):
+            raise ValueError("a unix socket needs an absolute path: unix:/path")
+        return "unix:" + path
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be host:port, unix:/path or off")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("port must be 0..65535")
+    return f"{host}:{int(port)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -129,11 +194,16 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     is_switch: bool = False
+    format: Callable[[Any], Any] = lambda value: value  # inverse of parse
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("connect", "-connect", None, parse_connect,
-            "runtimes: PRIMARY_SOCKET[,NAME:SOCKET...]; the first is the primary"),
+            "runtimes: PRIMARY_SOCKET[,NAME:SOCKET...]; the first is the primary",
+            format=connect_string),
+    Setting("runtime_handlers", "-runtimeHandlers", (), parse_handlers,
+            "RuntimeClass handlers of other runtimes: HANDLER=RUNTIME[:RUNTIME_HANDLER],...",
+            format=handlers_string),
     Setting("listen", "-listen", "/run/criproxy.sock", str,
             "unix socket kubelet connects to"),
     Setting("rundir", "-rundir", "/run/criproxy", str,
@@ -154,14 +224,18 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds of worker silence after which its runtime counts as down"),
     Setting("drain", "-drain", 5.0, _positive_float,
             "seconds the front lets in-flight requests finish on shutdown"),
-    Setting("socket_group", "-socketGroup", "", str,
+    Setting("socket_group", "-socketGroup", "", _group,
             "group owning the listen socket (mode 0660); empty keeps root's group"),
+    Setting("metrics_address", "-metricsAddress", "127.0.0.1:9610", _metrics_address,
+            "where the front serves Prometheus metrics: host:port (port 0: any free "
+            "port), unix:/path, or off"),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     connect: tuple[Runtime, ...]
+    runtime_handlers: tuple[HandlerRoute, ...]
     listen: str
     rundir: str
     verbosity: int
@@ -173,6 +247,14 @@ class Config:
     worker_timeout: float
     drain: float
     socket_group: str
+    metrics_address: str
+
+    def __post_init__(self) -> None:
+        names = {r.name for r in self.connect}
+        for route in self.runtime_handlers:
+            if route.runtime not in names:
+                raise ConfigError(f"-runtimeHandlers entry {str(route)!r}: no runtime named "
+                                  f"{route.runtime!r} in -connect")
 
     @property
     def runtimes(self) -> tuple[Runtime, ...]:
@@ -242,17 +324,7 @@ def config_from_args(argv: list[str]) -> Config:
 
 def to_values(config: Config) -> dict[str, str]:
     """The raw form of a Config, as written to the settings file."""
-    values = {}
-    for s in SETTINGS:
-        value = getattr(config, s.name)
-        if s.name == "connect":
-            value = connect_string(value)
-        values[s.name] = value
-    return values
-
-
-def connect_string(runtimes: tuple[Runtime, ...]) -> str:
-    return ",".join(r.socket if r.is_primary else f"{r.name}:{r.socket}" for r in runtimes)
+    return {s.name: s.format(getattr(config, s.name)) for s in SETTINGS}
 
 
 def load_settings_file(path: str) -> Config:

@@ -51,7 +51,8 @@ def test_v1alpha2_messages_are_a_wire_compatible_subset_of_v1() -> None:
 
 def test_rules_of_rows_of_the_contract() -> None:
     rule = {m.name: m.route.rule for m in METHODS.values()}
-    assert {n for n, r in rule.items() if r == Rule.PRIMARY} == {"Version", "Status", "RuntimeConfig"}
+    assert {n for n, r in rule.items() if r == Rule.PRIMARY} == {"Version", "RuntimeConfig"}
+    assert rule["Status"] == Rule.STATUS
     assert rule["UpdateRuntimeConfig"] == Rule.BROADCAST
     assert rule["RunPodSandbox"] == Rule.BY_ANNOTATION
     assert rule["GetContainerEvents"] == Rule.STREAM_MERGE

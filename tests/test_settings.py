@@ -88,3 +88,19 @@ def test_readme_documents_every_flag() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [s.flag for s in SETTINGS if f"| `{s.flag}` |" not in readme]
     assert not missing
+
+
+def test_runtime_handlers() -> None:
+    from criproxy.settings import HandlerRoute, parse_handlers
+    assert parse_handlers("vm=virtlet.cloud:,kata=alt,gv=:runsc") == (
+        HandlerRoute("vm", "virtlet.cloud", ""), HandlerRoute("kata", "alt", "kata"),
+        HandlerRoute("gv", "", "runsc"))
+    assert parse_handlers("") == ()
+    for bad, named in [("vm", "'vm'"), ("=alt", "'=alt'"), ("a=x,a=y", "'a'")]:
+        with pytest.raises(ConfigError) as err:
+            parse_handlers(bad)
+        assert named in str(err.value)
+    config = config_from_args(["-connect", "/a,alt:/b", "-runtimeHandlers", "k=alt:kf"])
+    assert config_from_values(to_values(config)) == config
+    with pytest.raises(ConfigError, match="no runtime named 'zz'"):
+        config_from_args(["-connect", "/a", "-runtimeHandlers", "k=zz"])

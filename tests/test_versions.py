@@ -152,7 +152,8 @@ def populate(message, runtime: str, depth: int = 0) -> None:
 def _unary_v1alpha2_methods() -> list[str]:
     paths = []
     for path, method in sorted(METHODS.items()):
-        if "v1alpha2" in path and method.route.rule not in (Rule.STREAM_MERGE, Rule.PRIMARY):
+        if "v1alpha2" in path and method.route.rule not in (Rule.STREAM_MERGE, Rule.PRIMARY,
+                                                            Rule.STATUS):
             paths.append(path)
     return paths
 
