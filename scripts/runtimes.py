@@ -7,7 +7,9 @@
 `up` starts two containerd instances in DIR (A: runc, B: crun), a tiny local registry
 (scripts/registry.py) that both pull from, and imports a busybox image built locally from
 Debian's static busybox. `down` stops exactly what `up` started and unmounts what is left
-under DIR. Tests import `up(dir) -> dict` and `down(dir) -> None`.
+under DIR. Tests import `up(dir) -> dict` and `down(dir) -> None`, and
+`restart_instance(dir, name) -> dict` (or `stop_daemon` and `start_daemon`) to restart one
+containerd under its clients.
 """
 from __future__ import annotations
 
@@ -564,6 +566,42 @@ def down(dir: Path) -> None:
         (dir / "registry" / "pid").unlink(missing_ok=True)
     unmount_under(dir)
     (dir / "runtimes.json").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- restart
+
+
+def stop_daemon(dir: Path, name: str) -> None:
+    """Stop only instance `name`'s containerd (SIGTERM, then SIGKILL after 10 s). Its shims
+    and containers keep running, as on a node whose runtime restarts; start_daemon brings it
+    back, and it finds them again."""
+    d = Path(dir).resolve() / f"containerd-{name}"
+    pid = read_pidfile(d / "pid")
+    if pid:
+        stop([pid])
+    (d / "pid").unlink(missing_ok=True)
+
+
+def start_daemon(dir: Path, name: str) -> dict:
+    """Start instance `name`'s containerd again with its config (same socket, same streaming
+    port) and wait for CRI Version. Updates and returns its entry in DIR/runtimes.json."""
+    dir = Path(dir).resolve()
+    info = json.loads((dir / "runtimes.json").read_text())
+    inst = info["instances"][name]
+    d = Path(inst["dir"])
+    if read_pidfile(d / "pid") and alive(*read_pidfile(d / "pid")):
+        raise RuntimeError(f"containerd {name} is running already")
+    log = Path(inst["log"])
+    inst["pid"] = spawn(["containerd", "--config", str(d / "config.toml")], log, d / "pid")
+    inst["version"] = wait_cri(Path(inst["socket"]), inst["pid"], log)
+    (dir / "runtimes.json").write_text(json.dumps(info, indent=2))
+    return inst
+
+
+def restart_instance(dir: Path, name: str) -> dict:
+    """stop_daemon, then start_daemon: containerd `name` restarts under its clients."""
+    stop_daemon(dir, name)
+    return start_daemon(dir, name)
 
 
 def main() -> None:
