@@ -31,6 +31,8 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
+from cri_api.v1alpha2 import api_pb2 as old_pb
+from cri_api.v1alpha2 import api_pb2_grpc as old_rpc
 
 from tests.harness import REPO, Proxy, start_proxy
 
@@ -281,6 +283,32 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0,
 
 
 # ---------------------------------------------------------------- lifecycle
+
+
+@pytest.mark.parametrize("runtime", [PRIMARY, B], ids=["primary", "crun.test"])
+def test_a_v1alpha2_client_runs_pods_on_both(node: Node, runtime: str) -> None:
+    """An older kubelet (CRI v1alpha2) through the proxy to containerd speaking v1."""
+    assert {r["label"]: r["cri_version"] for r in node.proxy.status()["runtimes"]} == \
+        {"primary": "v1", B: "v1"}
+    old = old_rpc.RuntimeServiceStub(node.via.channel)
+    config = old_pb.PodSandboxConfig.FromString(
+        pod_config(node, runtime, "old").SerializeToString())
+    with pods(node) as made:
+        answer = old.RunPodSandbox(old_pb.RunPodSandboxRequest(config=config),
+                                   timeout=CALL_TIMEOUT)
+        pod = Pod(runtime, answer.pod_sandbox_id, pb.PodSandboxConfig.FromString(
+            config.SerializeToString()))
+        made.append(pod)
+        assert pod.bare in direct_pod_ids(node, runtime)
+        listed = old.ListPodSandbox(old_pb.ListPodSandboxRequest(), timeout=CALL_TIMEOUT)
+        assert pod.id in [item.id for item in listed.items]
+        cid = add_container(node, pod, "main")
+        run = old.ExecSync(old_pb.ExecSyncRequest(container_id=cid, cmd=["echo", "old"],
+                                                  timeout=10), timeout=CALL_TIMEOUT)
+        assert (run.exit_code, run.stdout) == (0, b"old\n")
+        status = old.ContainerStatus(old_pb.ContainerStatusRequest(container_id=cid),
+                                     timeout=CALL_TIMEOUT).status
+        assert status.id == cid and status.state == old_pb.CONTAINER_RUNNING
 
 
 @pytest.mark.parametrize("runtime", [PRIMARY, B], ids=["primary", "crun.test"])
