@@ -1,8 +1,8 @@
 """The `criproxy` command.
 
 `criproxy -connect ... -listen ...` starts everything under supervisord;
-`criproxy front`, `criproxy status` and `criproxy install-systemd` are the
-subcommands.
+`criproxy front`, `criproxy status`, `criproxy doctor` and `criproxy
+install-systemd` are the subcommands.
 """
 from __future__ import annotations
 
@@ -35,11 +35,20 @@ def front(argv: list[str]) -> int:
     except ConfigError as err:
         return report_boot_failure(args.settings, "criproxy front", err)
     logs.setup("front", config.verbosity)
-    asyncio.run(Front.serve(config))
+    try:
+        asyncio.run(Front.serve(config))
+    except ConfigError as err:  # e.g. the listen socket cannot be made
+        return report_boot_failure(args.settings, "criproxy front", err)
     return 0
 
 
-SUBCOMMANDS = {"front": front, "status": status.main, "install-systemd": install.main}
+def run_doctor(argv: list[str]) -> int:
+    from criproxy import doctor  # grpc and the CRI stubs: not for supervisord's process
+    return doctor.main(argv)
+
+
+SUBCOMMANDS = {"front": front, "status": status.main, "install-systemd": install.main,
+               "doctor": run_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,11 +20,12 @@ import grpc
 import grpc.aio
 import zmq.asyncio
 from google.protobuf import text_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from criproxy import logs
+from criproxy import logs, metrics
 from criproxy.dispatch import Dispatcher, routed_to
 from criproxy.routing import METHODS, Method, Rule
-from criproxy.settings import Config
+from criproxy.settings import Config, ConfigError
 from criproxy.workerlink import CallError, WorkerLink
 
 log = logging.getLogger("criproxy.front")
@@ -36,6 +37,11 @@ _SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
 ]
 _DUMP_LIMIT = 4096
+# gRPC health service names: "" is the proxy (up while the primary runtime is),
+# HEALTH_PREFIX + label each runtime.
+HEALTH_PREFIX = "criproxy.runtime/"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class RoutingHandler(grpc.GenericRpcHandler):
@@ -56,26 +62,46 @@ class RoutingHandler(grpc.GenericRpcHandler):
     async def _unary(self, method: Method, raw: bytes,
                      context: grpc.aio.ServicerContext) -> bytes:
         started = time.monotonic()
-        routed_to.set([])
+        routed: list[str] = []
+        routed_to.set(routed)
+        code = grpc.StatusCode.UNKNOWN  # what grpc answers for an unexpected exception
+        failure: CallError | None = None
+        metrics.request_started()
         try:
             answer = await self.dispatcher.unary(method, raw, context.time_remaining())
+            code = grpc.StatusCode.OK
         except CallError as err:
-            _log_failure(method, err, started)
-            await context.abort(err.code, err.message)
+            code, failure = err.code, err
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            # Counted before kubelet gets the answer, so a scrape after it sees it.
+            metrics.request_done(method.name, routed, code, time.monotonic() - started)
+        if failure is not None:
+            _log_failure(method, failure, started, raw)
+            await context.abort(failure.code, failure.message)
         _log_success(method, raw, answer, started)
         return answer
 
     async def _stream(self, method: Method, raw: bytes,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        log.info("%s: subscriber joined", method.name)
+        started = time.monotonic()
+        routed_to.set([])
+        if logs.enabled(method.route.log_level):
+            log.info("%s: subscriber joined", method.name)
+        metrics.subscriber_joined()
         try:
             async for item in self.dispatcher.stream_merge(method, raw):
                 yield item
         except CallError as err:
-            _log_failure(method, err, time.monotonic())
+            _log_failure(method, err, started, raw)
             await context.abort(err.code, err.message)
         finally:
-            log.info("%s: subscriber left", method.name)
+            metrics.subscriber_left()
+            if logs.enabled(method.route.log_level):
+                log.info("%s: subscriber left after %.1fs", method.name,
+                         time.monotonic() - started)
 
 
 async def _unimplemented(path: str, _raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -84,22 +110,32 @@ async def _unimplemented(path: str, _raw: bytes, context: grpc.aio.ServicerConte
     return b""
 
 
-def _log_failure(method: Method, err: CallError, started: float) -> None:
-    if logs.enabled(2):
-        log.warning("%s -> %s: %s: %s (%.1f ms)", method.name, ",".join(routed_to.get([])),
-                    err.code.name, err.message, (time.monotonic() - started) * 1000)
+def _log_failure(method: Method, err: CallError, started: float, raw: bytes) -> None:
+    """Level 2: one line per failed call; from the method's level on, with its request."""
+    if not logs.enabled(2):
+        return
+    request = (f" request: {{{_dump(method.request, raw)}}}"
+               if logs.enabled(max(3, method.route.log_level)) else "")
+    log.warning("%s -> %s: %s: %s (%.1f ms)%s", method.name,
+                ",".join(routed_to.get([])) or "-", err.code.name, err.message,
+                (time.monotonic() - started) * 1000, request)
 
 
 def _log_success(method: Method, raw: bytes, answer: bytes, started: float) -> None:
+    """One line per call, from the method's level on (List calls only at 5)."""
     if not logs.enabled(method.route.log_level):
         return
-    log.info("%s -> %s: OK (%.1f ms)\n  request: %s\n  response: %s", method.name,
+    log.info("%s -> %s: OK (%.1f ms) request: {%s} response: {%s}", method.name,
              ",".join(routed_to.get([])), (time.monotonic() - started) * 1000,
              _dump(method.request, raw), _dump(method.response, answer))
 
 
 def _dump(message_class: type, raw: bytes) -> str:
-    text = text_format.MessageToString(message_class.FromString(raw), as_one_line=True)
+    try:
+        message = message_class.FromString(raw)
+    except Exception as err:  # noqa: BLE001 - a log line must not fail the call
+        return f"<{len(raw)} undecodable bytes: {err}>"
+    text = text_format.MessageToString(message, as_one_line=True)
     return text if len(text) <= _DUMP_LIMIT else text[:_DUMP_LIMIT] + f"... ({len(text)} chars)"
 
 
@@ -107,7 +143,7 @@ def _bind_path(config: Config) -> str:
     """Remove a stale socket left by a crash; refuse to remove anything else."""
     path = Path(config.listen)
     if path.is_symlink() or (path.exists() and not path.is_socket()):
-        raise SystemExit(f"criproxy front: {path} exists and is not a socket; not removing it")
+        raise ConfigError(f"-listen {path} exists and is not a socket; not removing it")
     if path.exists():
         path.unlink()
     return "unix:" + str(path)
@@ -125,7 +161,18 @@ class Front:
         self.ctx = zmq.asyncio.Context()
         self.links = {r.name: WorkerLink(config, r, self.ctx) for r in config.runtimes}
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
+        # Before the RoutingHandler, which answers every method it does not route
+        # UNIMPLEMENTED: handlers are consulted in the order they were added.
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.server.add_generic_rpc_handlers([RoutingHandler(Dispatcher(config, self.links))])
+        self._health_changed = asyncio.Event()
+        for link in self.links.values():
+            link.on_state_change = lambda _link: self._health_changed.set()
+        metrics.watch_links(self.links.values())
+        self.metrics = metrics.Endpoint(
+            config.metrics_address,
+            group_id=grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1)
         self._stop = asyncio.Event()
 
     @classmethod
@@ -137,26 +184,53 @@ class Front:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop.set)
+        # A listen socket that cannot be made is a boot failure (ConfigError):
+        # restarting the front cannot help. Bound before the links start.
+        address = _bind_path(self.config)
+        try:
+            self.server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise ConfigError(f"-listen {self.config.listen}: cannot listen there: {err}") from None
         for link in self.links.values():
             link.start()
-        self.server.add_insecure_port(_bind_path(self.config))
+        await self._publish_health()
         await self.server.start()
         _secure_socket(self.config)
         log.info("front serving %s for runtimes %s", self.config.listen,
                  ", ".join(f"{r.label}={r.socket}" for r in self.config.runtimes))
+        self.metrics.start()
         reporter = asyncio.create_task(self._write_status_forever())
+        healther = asyncio.create_task(self._health_forever())
         await self._stop.wait()
-        await self._shutdown(reporter)
+        await self._shutdown(reporter, healther)
 
-    async def _shutdown(self, reporter: asyncio.Task) -> None:
+    async def _shutdown(self, reporter: asyncio.Task, healther: asyncio.Task) -> None:
         log.info("front stopping; letting requests finish for up to %.1fs", self.config.drain)
+        healther.cancel()
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.drain)
         reporter.cancel()
+        await self.metrics.close()
         for link in self.links.values():
             await link.close()
         self.ctx.destroy(linger=0)
         for path in (Path(self.config.listen), self.config.status_file):
             path.unlink(missing_ok=True)
+
+    async def _health_forever(self) -> None:
+        """gRPC health follows runtime state changes (WorkerLink.on_state_change)."""
+        while True:
+            await self._health_changed.wait()
+            self._health_changed.clear()
+            await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        """Service "" serves while the primary is up; HEALTH_PREFIX + label per runtime."""
+        for name, link in self.links.items():
+            serving = _SERVING if link.is_up else _NOT_SERVING
+            if name == "":
+                await self.health.set("", serving)
+            await self.health.set(HEALTH_PREFIX + link.label, serving)
 
     async def _write_status_forever(self) -> None:
         while True:
@@ -166,7 +240,9 @@ class Front:
     def write_status(self) -> None:
         """Publish runtime states for `criproxy status` (atomic replace)."""
         status = {"front_pid": os.getpid(), "listen": self.config.listen, "time": time.time(),
-                  "runtimes": [link.snapshot() for link in self.links.values()]}
+                  "runtimes": [link.snapshot() for link in self.links.values()],
+                  "metrics": self.metrics.bound or None, "metrics_error": self.metrics.error,
+                  "requests": metrics.recent_rates()}
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=1))
         tmp.replace(self.config.status_file)

@@ -24,7 +24,39 @@ def format_status(status: dict[str, Any], now: float) -> str:
         lines.append(f"{r['label']:<16} {r['state']:<11} {str(r['worker_pid'] or '-'):>7} "
                      f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {r['socket']:<36} "
                      f"{r['last_error'] or '-'}")
+    lines += _format_requests(status)
+    if status.get("metrics"):
+        lines.append(f"metrics: http {status['metrics']}/metrics")
+    elif status.get("metrics_error"):
+        lines.append(f"metrics: not served: {status['metrics_error']}")
     return "\n".join(lines)
+
+
+_ROW_NAMES = {"*": "* (several)", "none": "none (refused)"}
+
+
+def _format_requests(status: dict[str, Any]) -> list[str]:
+    """Request rate, error rate and p99 per runtime, as the front measured them."""
+    requests = status.get("requests")
+    if requests is None:
+        return []
+    window = max((r["window"] for r in requests.values()), default=0.0)
+    lines = [f"REQUESTS over the last {window:.0f}s",
+             f"{'RUNTIME':<16} {'REQ/S':>8} {'ERR/S':>8} {'ERR%':>6} {'P99':>10}"]
+    order = [r["label"] for r in status["runtimes"]] + ["*", "none"]
+    for label in order + sorted(set(requests) - set(order)):
+        rates = requests.get(label, {"rate": 0.0, "error_rate": 0.0, "p99": None})
+        if label not in order[:-2] and not rates["rate"]:
+            continue  # show the rows for several/no runtime only when they had traffic
+        share = 100 * rates["error_rate"] / rates["rate"] if rates["rate"] else 0.0
+        p99 = "-" if rates["p99"] is None else _duration(rates["p99"])
+        lines.append(f"{_ROW_NAMES.get(label, label):<16} {rates['rate']:>8.2f} "
+                     f"{rates['error_rate']:>8.2f} {share:>5.1f}% {p99:>10}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else f"{seconds:.2f}s"
 
 
 def main(argv: list[str]) -> int:

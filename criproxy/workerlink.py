@@ -11,7 +11,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
 import zmq
@@ -27,10 +27,39 @@ log = logging.getLogger("criproxy.front")
 _STREAM_QUEUE = 1024
 
 
+# gRPC sends a status message percent-encoded in a trailer, and clients refuse
+# trailers over 8-16 KiB (grpc core: RESOURCE_EXHAUSTED, the real status lost).
+_MESSAGE_LIMIT = 4096
+
+
+def bounded_message(message: str, limit: int = _MESSAGE_LIMIT) -> str:
+    """`message` with its middle elided, so that its percent-encoded form stays
+    within `limit` bytes; its start and its end (often the explanation) are kept."""
+    if len(message) * 12 <= limit:  # 4 UTF-8 bytes of 3 encoded bytes each, at worst
+        return message
+    head = _fitting(message, limit * 2 // 3)
+    tail = _fitting(message[::-1], limit // 3 - 64)
+    if head + tail >= len(message):
+        return message
+    elided = len(message) - head - tail
+    return f"{message[:head]} ...({elided} characters elided)... {message[len(message) - tail:]}"
+
+
+def _fitting(text: str, budget: int) -> int:
+    """How many leading characters of `text` fit in `budget` percent-encoded bytes."""
+    size = 0
+    for index, char in enumerate(text):
+        size += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode(errors="replace"))
+        if size > budget:
+            return index
+    return len(text)
+
+
 class CallError(Exception):
-    """A call failed with this gRPC status; passed to kubelet as it is."""
+    """A call failed with this gRPC status; passed to kubelet as it is (bounded)."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        message = bounded_message(message)
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
@@ -72,6 +101,8 @@ class WorkerLink:
         self._tasks: list[asyncio.Task] = []
         self._monitor: zmq.asyncio.Socket | None = None
         self._up = asyncio.Event()
+        # Called after every state change (the front updates gRPC health).
+        self.on_state_change: Callable[[WorkerLink], None] | None = None
 
     @property
     def label(self) -> str:
@@ -118,6 +149,8 @@ class WorkerLink:
             self._up.set()
         else:
             self._up.clear()
+        if self.on_state_change is not None:
+            self.on_state_change(self)
 
     def _worker_lost(self, reason: str) -> None:
         self._transition(RuntimeState.DOWN, reason)

@@ -122,7 +122,9 @@ def start_proxy(connect: str, *extra: str, workdir: Path | None = None,
     log_path = workdir / "criproxy.log"
     command = [sys.executable, "-m", "criproxy", "-connect", connect,
                "-listen", str(workdir / "criproxy.sock"), "-rundir", str(workdir / "run"),
-               "-v", str(verbosity), "-logtostderr", *extra]
+               "-v", str(verbosity), "-logtostderr",
+               # Any free port: parallel proxies must not fight over the default one.
+               "-metricsAddress", "127.0.0.1:0", *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)

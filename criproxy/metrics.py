@@ -1,0 +1,350 @@
+"""The front's Prometheus metrics and the HTTP endpoint serving them.
+
+Every metric is computed in the front: it sees every request, and it learns
+each runtime's state and its worker's restarts from the workers' heartbeats
+(WorkerLink), so no worker runs an HTTP server of its own.
+
+The request path is hot, so `request_done` costs one dict look-up and a few
+integer updates on the event loop (no prometheus_client objects, no locks):
+request counts and latency histograms are turned into metrics, and runtime
+state, restarts and queue depths read from the links, only when scraped.
+
+The endpoint is served from the front's event loop (no thread): `GET /metrics`
+(or `/`) on `-metricsAddress`, `host:port` or `unix:/path`.
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.utils import floatToGoString
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+
+log = logging.getLogger("criproxy.front")
+
+# The `runtime` label of a request answered by several runtimes (List calls,
+# broadcasts), and of one refused before it reached any runtime.
+SEVERAL = "*"
+NONE = "none"
+
+# CRI calls take from a millisecond (status calls) to minutes (image pulls).
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+           30.0, 60.0, 120.0)
+# `criproxy status` rates are over this many seconds.
+WINDOW = 60.0
+
+# `_created` series double the output and tell nothing a restart counter does not.
+disable_created_metrics()
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(namespace="criproxy_front", registry=REGISTRY)
+
+IN_FLIGHT = Gauge("criproxy_requests_in_flight", "unary CRI requests being answered now",
+                  registry=REGISTRY)
+SUBSCRIBERS = Gauge("criproxy_event_subscribers",
+                    "open GetContainerEvents streams (kubelet's event subscriptions)",
+                    registry=REGISTRY)
+SKIPPED = Counter("criproxy_fanout_skipped", "List answers given without a runtime, "
+                  "because it failed or did not answer within -listBudget",
+                  ["runtime", "method"], registry=REGISTRY)
+
+
+class _Tally:
+    """Counts of one runtime (for `criproxy status`) or one runtime and method."""
+
+    __slots__ = ("count", "errors", "seconds", "buckets", "codes", "runtime_tally")
+
+    def __init__(self, runtime_tally: "_Tally | None" = None) -> None:
+        self.count = 0
+        self.errors = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative
+        self.codes: dict[grpc.StatusCode, int] = {}  # failures only: OK = count - these
+        self.runtime_tally = runtime_tally
+
+    def copy(self) -> tuple[int, int, list[int]]:
+        return self.count, self.errors, list(self.buckets)
+
+
+# Plain integers, updated and read on the front's event loop only (the endpoint
+# is served there too): no locks on the request path. Exported when scraped.
+_in_flight = 0
+_subscribers = 0
+IN_FLIGHT.set_function(lambda: _in_flight)
+SUBSCRIBERS.set_function(lambda: _subscribers)
+_series: dict[tuple[str, str], _Tally] = {}   # (runtime, method)
+_tallies: dict[str, _Tally] = {}              # runtime
+_history: collections.deque = collections.deque()
+_OK = grpc.StatusCode.OK
+
+
+def request_started() -> None:
+    global _in_flight
+    _in_flight += 1
+
+
+def request_done(method: str, routed: list[str], code: grpc.StatusCode,
+                 seconds: float) -> None:
+    """Count one answered unary request (runtime labels as in `routed_to`)."""
+    global _in_flight
+    _in_flight -= 1
+    runtime = routed[0] if len(routed) == 1 else SEVERAL if routed else NONE
+    series = _series.get((runtime, method))
+    if series is None:
+        tally = _tallies.get(runtime) or _tallies.setdefault(runtime, _Tally())
+        series = _series[(runtime, method)] = _Tally(tally)
+    bucket = bisect.bisect_left(BUCKETS, seconds)
+    series.count += 1
+    series.seconds += seconds
+    series.buckets[bucket] += 1
+    tally = series.runtime_tally
+    tally.count += 1
+    tally.buckets[bucket] += 1
+    if code is not _OK:
+        series.codes[code] = series.codes.get(code, 0) + 1
+        tally.errors += 1
+
+
+class _RequestCollector:
+    """criproxy_requests_total and criproxy_request_duration_seconds, from _series."""
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        requests = CounterMetricFamily(
+            "criproxy_requests", "CRI requests answered, by runtime, method and gRPC code "
+            "(runtime '*': several runtimes; 'none': refused by criproxy)",
+            labels=["runtime", "method", "code"])
+        latency = HistogramMetricFamily(
+            "criproxy_request_duration_seconds", "time from a CRI request's arrival to its "
+            "answer", labels=["runtime", "method"])
+        for (runtime, method), series in list(_series.items()):
+            failed = list(series.codes.items())
+            ok = series.count - sum(count for _, count in failed)
+            for code, count in ([(_OK, ok)] if ok else []) + failed:
+                requests.add_metric([runtime, method, code.name], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip(BUCKETS + (float("inf"),), series.buckets):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([runtime, method], buckets, series.seconds)
+        return [requests, latency]
+
+
+REGISTRY.register(_RequestCollector())
+
+
+def subscriber_joined() -> None:
+    global _subscribers
+    _subscribers += 1
+
+
+def subscriber_left() -> None:
+    global _subscribers
+    _subscribers -= 1
+
+
+def runtime_skipped(runtime: str, method: str) -> None:
+    SKIPPED.labels(runtime, method).inc()
+
+
+# --- runtime state, read from the links when scraped ---------------------------
+
+class _LinkCollector:
+    """Runtime state, worker restarts and queue depth, straight from the WorkerLinks."""
+
+    def __init__(self) -> None:
+        self.links: Iterable[Any] = ()
+
+    def describe(self) -> list:
+        return []  # unchecked collector: its families depend on the links
+
+    def collect(self) -> Iterable[Any]:
+        up = GaugeMetricFamily("criproxy_runtime_up", "1 if the runtime answers CRI calls "
+                               "through its worker, else 0", labels=["runtime"])
+        state = GaugeMetricFamily("criproxy_runtime_state", "the runtime's state (1 for the "
+                                  "current one)", labels=["runtime", "state"])
+        restarts = CounterMetricFamily("criproxy_worker_restarts", "restarts of the runtime's "
+                                       "worker seen by this front", labels=["runtime"])
+        pending = GaugeMetricFamily("criproxy_worker_pending_calls", "calls and streams sent "
+                                    "to the runtime's worker and not yet answered",
+                                    labels=["runtime"])
+        for link in self.links:
+            snap = link.snapshot()
+            up.add_metric([snap["label"]], 1.0 if snap["state"] == "up" else 0.0)
+            state.add_metric([snap["label"], snap["state"]], 1.0)
+            restarts.add_metric([snap["label"]], snap["restarts"])
+            pending.add_metric([snap["label"]], snap["in_flight"])
+        return [up, state, restarts, pending]
+
+
+_links = _LinkCollector()
+REGISTRY.register(_links)
+
+
+def watch_links(links: Iterable[Any]) -> None:
+    """Report these WorkerLinks' runtimes (the front calls it once)."""
+    _links.links = list(links)
+
+
+# --- `criproxy status` rates -----------------------------------------------------
+
+def recent_rates(now: float | None = None) -> dict[str, dict[str, float]]:
+    """Per runtime label: requests/s, errors/s and p99 seconds over the last WINDOW.
+
+    Called once a second by the front's status writer; it keeps a snapshot
+    per call and compares the newest with the one about WINDOW seconds old.
+    """
+    now = time.monotonic() if now is None else now
+    _history.append((now, {label: tally.copy() for label, tally in _tallies.items()}))
+    while len(_history) > 2 and _history[1][0] <= now - WINDOW:
+        _history.popleft()
+    then, old = _history[0]
+    elapsed = now - then
+    rates = {}
+    for label, (count, errors, buckets) in _history[-1][1].items():
+        base_count, base_errors, base_buckets = old.get(label, (0, 0, [0] * len(buckets)))
+        done = count - base_count
+        rates[label] = {
+            "rate": done / elapsed if elapsed > 0 else 0.0,
+            "error_rate": (errors - base_errors) / elapsed if elapsed > 0 else 0.0,
+            "p99": _quantile(0.99, [b - a for a, b in zip(base_buckets, buckets)]),
+            "window": elapsed,
+        }
+    return rates
+
+
+def _quantile(q: float, buckets: list[int]) -> float | None:
+    """Like PromQL's histogram_quantile: interpolate inside the bucket holding q."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(buckets):
+        if seen + count >= rank and count:
+            if i == len(BUCKETS):
+                return BUCKETS[-1]  # beyond the last bound: say at least that
+            lower = BUCKETS[i - 1] if i else 0.0
+            return lower + (BUCKETS[i] - lower) * (rank - seen) / count
+        seen += count
+    return BUCKETS[-1]
+
+
+# --- the endpoint ---------------------------------------------------------------
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        verb, path, *_ = lines[0].split(" ") + ["", ""]
+        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+        accept = next((v.strip() for k, v in headers.items() if k.lower() == "accept"), "")
+        if verb not in ("GET", "HEAD"):
+            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+        elif path.split("?")[0] not in ("/", "/metrics"):
+            status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
+        else:
+            encoder, ctype = choose_encoder(accept)
+            status, body = "200 OK", encoder(REGISTRY)
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        if verb != "HEAD":
+            writer.write(body)
+        await writer.drain()
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            asyncio.TimeoutError, UnicodeError):
+        pass  # a broken scrape; the scraper tries again
+    finally:
+        writer.close()
+
+
+# Scrapes answered at once. Any local user may connect to a TCP endpoint: without
+# a cap, idle connections would use up the front's file descriptors, and the front
+# could accept neither kubelet nor its workers' reconnections. Extra ones are closed.
+MAX_SCRAPES = 16
+_scrapes = 0
+
+
+async def _answer_bounded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global _scrapes
+    if _scrapes >= MAX_SCRAPES:
+        writer.close()
+        return
+    _scrapes += 1
+    try:
+        await _answer(reader, writer)
+    finally:
+        _scrapes -= 1
+
+
+class Endpoint:
+    """The metrics HTTP server; it keeps trying to bind until it succeeds."""
+
+    RETRY = 10.0
+
+    def __init__(self, address: str, socket_mode: int = 0o660, group_id: int = -1) -> None:
+        self.address = address
+        self.bound = ""  # host:port or unix:/path actually bound, for status.json
+        self.error = ""
+        self._mode = socket_mode
+        self._gid = group_id
+        self._server: asyncio.AbstractServer | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.address:
+            self._task = asyncio.create_task(self._bind_forever())
+
+    async def _bind_forever(self) -> None:
+        while True:
+            try:
+                await self._bind()
+                log.info("metrics served on http %s/metrics", self.bound)
+                return
+            except OSError as err:
+                if not self.error:
+                    log.error("cannot serve metrics on %s: %s; retrying every %.0fs",
+                              self.address, err, self.RETRY)
+                self.error = str(err)
+            await asyncio.sleep(self.RETRY)
+
+    async def _bind(self) -> None:
+        if self.address.startswith("unix:"):
+            path = Path(self.address[len("unix:"):])
+            if path.is_symlink() or (path.exists() and not path.is_socket()):
+                raise OSError(f"{path} exists and is not a socket; not removing it")
+            path.unlink(missing_ok=True)
+            self._server = await asyncio.start_unix_server(_answer_bounded, str(path))
+            os.chmod(path, self._mode)
+            if self._gid != -1:
+                os.chown(path, -1, self._gid)
+            self.bound = self.address
+        else:
+            host, _, port = self.address.rpartition(":")
+            host = host.strip("[]")
+            self._server = await asyncio.start_server(_answer_bounded, host, int(port))
+            sockname = self._server.sockets[0].getsockname()
+            shown = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+            self.bound = f"{shown}:{sockname[1]}"
+        self.error = ""
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            if self.address.startswith("unix:"):
+                Path(self.address[len("unix:"):]).unlink(missing_ok=True)
