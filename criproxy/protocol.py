@@ -93,12 +93,16 @@ def unpack(frame: bytes) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(frame, raw=False)
     except Exception as err:  # msgpack raises several unrelated types
-        raise ProtocolError(f"undecodable frame ({len(frame)} bytes): {err}") from None
+        raise ProtocolError(
+            f"undecodable frame ({len(frame)} bytes): {type(err).__name__}: {err}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"frame is a {type(message).__name__}, not a map")
-    required = _REQUIRED.get(message.get("t"))  # type: ignore[arg-type]
+    # A non-string `t` (a list or map is unhashable) must not escape as TypeError:
+    # it would end the caller's receive loop.
+    kind_of = message.get("t")
+    required = _REQUIRED.get(kind_of) if isinstance(kind_of, str) else None
     if required is None:
-        raise ProtocolError(f"unknown message type {message.get('t')!r}")
+        raise ProtocolError(f"unknown message type {kind_of!r:.100}")
     missing = [key for key in required if key not in message]
     if missing:
         raise ProtocolError(f"{message['t']} message lacks {', '.join(missing)}")

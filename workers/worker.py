@@ -82,7 +82,11 @@ class Worker:
             except protocol.ProtocolError as err:
                 log.warning("dropping a malformed frame: %s", err)
                 continue
-            self._dispatch(peer, message)
+            try:
+                self._dispatch(peer, message)
+            except Exception:  # noqa: BLE001 - one bad message must not deafen the worker
+                log.exception("dropping a %s message that could not be handled",
+                              str(message.get("t"))[:100])
 
     def _dispatch(self, peer: bytes, message: dict[str, Any]) -> None:
         kind = message["t"]
