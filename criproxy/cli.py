@@ -11,6 +11,7 @@ import asyncio
 import sys
 
 from criproxy import install, logs, status
+from criproxy.lifeline import die_with_parent
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, config_from_args,
                                load_settings_file, report_boot_failure)
 
@@ -30,6 +31,7 @@ def front(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="criproxy front")
     parser.add_argument("--settings", required=True, help="resolved settings file")
     args = parser.parse_args(argv)
+    die_with_parent()
     try:
         config = load_settings_file(args.settings)
     except ConfigError as err:

@@ -572,6 +572,23 @@ def test_sigterm_stops_everything_cleanly_and_a_restart_works(make_cluster) -> N
     assert again.front_pid() != pids["front"]
 
 
+def test_sigkilled_criproxy_takes_its_programs_with_it(make_cluster) -> None:
+    """Regression: a SIGKILLed supervisord used to leave the front and workers running."""
+    cluster = make_cluster()
+    proxy = cluster.proxy
+    children = {"front": proxy.front_pid(),
+                **{f"worker {label}": proxy.worker_pid(label) for label in ALL}}
+    proxy.proc.send_signal(signal.SIGKILL)
+    proxy.proc.wait(10)
+    wait_for(lambda: not any(alive(pid) for pid in children.values()), 15,
+             "the front and workers to end with their supervisord")
+    again = start_proxy(connect_string(cluster.base), "-streamUrl", STREAM_URL,
+                        workdir=cluster.base)
+    cluster.proxy = again
+    again.wait_all_up(ALL, timeout=STARTUP)
+    assert run_pod(again.runtime_stub(), "alt", "after-kill")
+
+
 # --- 7. a crash-looping worker --------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import asyncio
 import sys
 
 from criproxy import logs
+from criproxy.lifeline import die_with_parent
 from criproxy.settings import ConfigError, load_settings_file, report_boot_failure
 from workers.worker import Worker
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-index", type=int, required=True,
                         help="position of the runtime in -connect (0: primary)")
     args = parser.parse_args(argv)
+    die_with_parent()
     try:
         config = load_settings_file(args.settings)
         runtime = config.runtime_at(args.runtime_index)
