@@ -22,6 +22,7 @@ from criproxy.naming import PRIMARY, Names
 from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
 from criproxy.routing import Digest, Method, Rule, field_value, target_runtime_annotation
 from criproxy.settings import Config
+from criproxy.slim import slim_class
 from criproxy.workerlink import CallError, WorkerLink
 
 log = logging.getLogger("criproxy.front")
@@ -105,7 +106,9 @@ class Dispatcher:
         """Turn a runtime's answer into what kubelet sees."""
         if runtime == PRIMARY and not method.route.stream_url:
             return answer
-        response = parse(method.response, answer)
+        # Only prefixing to do: decode just the fields it touches (see slim.py).
+        response = parse(method.response if method.route.stream_url
+                         else slim_class(method.response), answer)
         add_prefixes(response, runtime)
         if method.route.stream_url:
             response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ name content, not a runtime's object. Primary objects are never touched.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from criproxy.settings import HandlerRoute
@@ -17,6 +18,8 @@ PRIMARY = ""
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-fA-F0-9]{32,}$")
 
 
+# The same few image names recur in every List answer; the regex is the costly part.
+@functools.lru_cache(maxsize=4096)
 def is_digest(image: str) -> bool:
     return bool(_DIGEST_RE.match(image))
 

@@ -73,28 +73,45 @@ def _is_map(field: FieldDescriptor) -> bool:
 Rewriter = Callable[[str, str, str, Message], str]
 
 
+# plan_for with each sub-message's own plan attached: (name, kind, repeated, sub-plan)
+_Walk = tuple[tuple[str, str, bool, "_Walk | None"], ...]
+
+
+@functools.cache
+def _walk_plan(message: Descriptor) -> _Walk:
+    fields = message.fields_by_name
+    return tuple((name, kind, repeated,
+                  _walk_plan(fields[name].message_type) if kind == MESSAGE else None)
+                 for name, kind, repeated in plan_for(message))
+
+
 def rewrite(message: Message, rewriter: Rewriter) -> None:
     """Apply `rewriter` to every non-empty id, image and handler string in `message`."""
-    for name, kind, repeated in plan_for(message.DESCRIPTOR):
-        if kind == MESSAGE:
-            _rewrite_submessages(message, name, repeated, rewriter)
+    _rewrite(message, _walk_plan(message.DESCRIPTOR), rewriter)
+
+
+def _rewrite(message: Message, plan: _Walk, rewriter: Rewriter) -> None:
+    # Hot (a List answer of a named runtime passes here for every item): plans are
+    # looked up once per message type, and fields are only written when they change.
+    for name, kind, repeated, sub_plan in plan:
+        if sub_plan is not None:
+            if repeated:
+                for item in getattr(message, name):
+                    _rewrite(item, sub_plan, rewriter)
+            elif message.HasField(name):
+                _rewrite(getattr(message, name), sub_plan, rewriter)
         elif repeated:
             values = getattr(message, name)
             if values:
-                values[:] = [rewriter(kind, name, v, message) for v in values]
+                new_values = [rewriter(kind, name, v, message) for v in values]
+                if new_values != list(values):
+                    values[:] = new_values
         else:
             value = getattr(message, name)
             if value:
-                setattr(message, name, rewriter(kind, name, value, message))
-
-
-def _rewrite_submessages(message: Message, name: str, repeated: bool,
-                         rewriter: Rewriter) -> None:
-    if repeated:
-        for item in getattr(message, name):
-            rewrite(item, rewriter)
-    elif message.HasField(name):
-        rewrite(getattr(message, name), rewriter)
+                new_value = rewriter(kind, name, value, message)
+                if new_value != value:
+                    setattr(message, name, new_value)
 
 
 def add_prefixes(message: Message, runtime: str) -> None:
