@@ -41,7 +41,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from tests.conftest import ALT_URL_BASE, STREAM_URL, Cluster, stop_cluster
 from tests.fakeruntime import start_fake
-from tests.harness import REPO, short_dir, start_proxy
+from tests.harness import REPO, process_tree, rss_kb, short_dir, start_proxy
 
 # 100k calls (issue 8). On the 2-core CI machine this takes several minutes:
 # every call costs CPU in the front, the workers and the fake runtimes alike
@@ -150,30 +150,6 @@ class Client:
 
 
 # --- measuring the proxy ---------------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def proxy_rss(cluster: Cluster) -> dict[int, int]:

@@ -37,7 +37,7 @@ import pytest
 from criproxy.settings import load_settings_file
 from tests.conftest import STREAM_URL, Cluster
 from tests.fakeruntime import start_fake
-from tests.harness import REPO, short_dir, start_proxy
+from tests.harness import REPO, process_tree, short_dir, start_proxy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -206,23 +206,6 @@ def test_socket_group_member_reaches_the_listen_socket_only(pc: Cluster,
 
 
 # --- network ------------------------------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def socket_inodes(pid: int) -> set[int]:
