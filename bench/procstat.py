@@ -5,31 +5,14 @@ import os
 import time
 from pathlib import Path
 
+from tests.harness import process_tree as tree
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat_fields(pid: int) -> list[str]:
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
-def tree(root: int) -> list[int]:
-    """`root` and all its descendants that are alive now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(_stat_fields(int(entry.name))[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

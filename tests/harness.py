@@ -146,9 +146,9 @@ def process_tree(root: int) -> list[int]:
         if entry.name.isdigit():
             try:
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
