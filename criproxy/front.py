@@ -18,7 +18,7 @@ from typing import AsyncIterator
 
 import grpc
 import grpc.aio
-import zmq.asyncio
+import zmq
 from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -158,7 +158,7 @@ def _secure_socket(config: Config) -> None:
 class Front:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self.links = {r.name: WorkerLink(config, r, self.ctx) for r in config.runtimes}
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
         # Before the RoutingHandler, which answers every method it does not route

@@ -15,12 +15,12 @@ from typing import Any, AsyncIterator, Callable
 
 import grpc
 import zmq
-import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils.monitor import parse_monitor_message
 
 from criproxy import protocol
 from criproxy.protocol import RuntimeState
 from criproxy.settings import Config, Runtime
+from criproxy.zmqloop import LoopSocket
 
 log = logging.getLogger("criproxy.front")
 
@@ -79,12 +79,13 @@ class _Pending:
         self.sent_at = time.monotonic()
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.items: asyncio.Queue | None = asyncio.Queue(_STREAM_QUEUE) if stream else None
+        self.deadline: asyncio.TimerHandle | None = None
 
 
 class WorkerLink:
     _ids = itertools.count(secrets.randbits(48) << 16)
 
-    def __init__(self, config: Config, runtime: Runtime, ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, config: Config, runtime: Runtime, ctx: zmq.Context) -> None:
         self.runtime = runtime
         self.config = config
         self.state = RuntimeState.CONNECTING
@@ -98,8 +99,9 @@ class WorkerLink:
         self._last_seen = 0.0
         self._pending: dict[int, _Pending] = {}
         self._sock = ctx.socket(zmq.DEALER)
-        self._tasks: list[asyncio.Task] = []
-        self._monitor: zmq.asyncio.Socket | None = None
+        self._link: LoopSocket | None = None
+        self._monitor: LoopSocket | None = None
+        self._heartbeat: asyncio.Task | None = None
         self._up = asyncio.Event()
         # Called after every state change (the front updates gRPC health).
         self.on_state_change: Callable[[WorkerLink], None] | None = None
@@ -121,20 +123,20 @@ class WorkerLink:
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor = LoopSocket(monitor, self._on_monitor_event)
         self._sock.connect(self.config.worker_endpoint(self.runtime))
-        self._tasks = [asyncio.create_task(self._receive_loop()),
-                       asyncio.create_task(self._heartbeat_loop()),
-                       asyncio.create_task(self._monitor_loop(self._monitor))]
+        self._link = LoopSocket(self._sock, self._on_frames)
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        assert self._heartbeat is not None and self._link and self._monitor
+        self._heartbeat.cancel()
+        await asyncio.gather(self._heartbeat, return_exceptions=True)
         self._fail_pending("the front is shutting down")
         self._sock.disable_monitor()
         self._monitor.close()
-        self._sock.close()
+        self._link.close()
 
     # --- state ---------------------------------------------------------------
 
@@ -164,6 +166,8 @@ class WorkerLink:
 
     def _finish(self, request_id: int, pending: _Pending, outcome: Any) -> None:
         self._pending.pop(request_id, None)
+        if pending.deadline is not None:
+            pending.deadline.cancel()
         if pending.items is not None:
             _put_nowait_final(pending.items, outcome)
         elif not pending.future.done():
@@ -178,10 +182,11 @@ class WorkerLink:
     # --- loops ---------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        ping = protocol.pack({"t": protocol.PING})
+        ping = [protocol.pack({"t": protocol.PING})]
+        assert self._link is not None
         while True:
             try:
-                await self._sock.send(ping, flags=zmq.NOBLOCK)
+                self._link.send(ping)
             except zmq.Again:
                 pass  # not connected: the liveness check below notices
             silent = time.monotonic() - self._last_seen
@@ -190,22 +195,20 @@ class WorkerLink:
                 self._worker_lost(f"worker silent for {silent:.1f}s")
             await asyncio.sleep(self.config.heartbeat)
 
-    async def _monitor_loop(self, monitor: zmq.asyncio.Socket) -> None:
-        while True:
-            event = await recv_monitor_message(monitor)
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._worker_lost("worker disconnected (exited or restarting)")
+    def _on_monitor_event(self, frames: list[bytes]) -> None:
+        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+            self._worker_lost("worker disconnected (exited or restarting)")
 
-    async def _receive_loop(self) -> None:
-        while True:
-            frame = await self._sock.recv()
-            try:
-                message = protocol.unpack(frame)
-            except protocol.ProtocolError as err:
-                log.warning("runtime %s: dropping a malformed frame: %s", self.label, err)
-                continue
-            self._last_seen = time.monotonic()
-            self._on_message(message)
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            if len(frames) != 1:
+                raise protocol.ProtocolError(f"{len(frames)} frames, want 1")
+            message = protocol.unpack(frames[0])
+        except protocol.ProtocolError as err:
+            log.warning("runtime %s: dropping a malformed frame: %s", self.label, err)
+            return
+        self._last_seen = time.monotonic()
+        self._on_message(message)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         if message["t"] == protocol.PONG:
@@ -265,8 +268,9 @@ class WorkerLink:
         self._check_up()
         request_id = next(self._ids)
         message["id"] = request_id
+        assert self._link is not None
         try:
-            self._sock.send(protocol.pack(message), flags=zmq.NOBLOCK)
+            self._link.send([protocol.pack(message)])
         except zmq.Again:
             raise CallError(grpc.StatusCode.UNAVAILABLE,
                             f"runtime {self.label}: worker not connected") from None
@@ -275,23 +279,37 @@ class WorkerLink:
         return request_id, pending
 
     def _cancel(self, request_id: int) -> None:
-        if self._pending.pop(request_id, None) is not None:
-            try:
-                self._sock.send(protocol.pack({"t": protocol.CANCEL, "id": request_id}),
-                                flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the worker is gone; nothing left to cancel
+        pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            if pending.deadline is not None:
+                pending.deadline.cancel()
+            self._send_cancel(request_id)
+
+    def _send_cancel(self, request_id: int) -> None:
+        assert self._link is not None
+        try:
+            self._link.send([protocol.pack({"t": protocol.CANCEL, "id": request_id})])
+        except zmq.ZMQError:
+            pass  # the worker is gone; nothing left to cancel
+
+    def _expire(self, request_id: int, method: str, timeout: float) -> None:
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            self._finish(request_id, pending, CallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"runtime {self.label} did not answer {method} within {timeout:.3g}s"))
+            self._send_cancel(request_id)
 
     async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
         """One unary call; raises CallError with the runtime's own status."""
         request_id, pending = self._send(
             {"t": protocol.CALL, "m": method, "b": body, "d": timeout}, stream=False)
+        if timeout is not None:
+            # A timer on the future itself: asyncio.wait_for would add a task per call.
+            pending.deadline = asyncio.get_running_loop().call_later(
+                timeout, self._expire, request_id, method, timeout)
         try:
-            return await asyncio.wait_for(pending.future, timeout)
-        except asyncio.TimeoutError:
-            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"runtime {self.label} did not answer {method} "
-                            f"within {timeout:.3g}s") from None
+            return await pending.future
         finally:
             self._cancel(request_id)
 

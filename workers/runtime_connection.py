@@ -34,6 +34,8 @@ _CHANNEL_OPTIONS = [
 _VERSION = "/runtime.{}.RuntimeService/Version"
 # Newest first: a runtime that lacks v1 (UNIMPLEMENTED) may still speak v1alpha2.
 _CRI_VERSIONS = ("v1", "v1alpha2")
+# The CRI has about 50 methods; the bound only keeps stray names from growing it.
+_CACHED_METHODS = 256
 # How long an UNAVAILABLE call waits to see whether the connection itself broke.
 _CONNECTION_LOST_GRACE = 0.1
 
@@ -55,6 +57,7 @@ class RuntimeConnection:
         self.cri_version = ""
         self.since = time.monotonic()
         self._channel = grpc.aio.insecure_channel(runtime.address, options=_CHANNEL_OPTIONS)
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
 
     def _transition(self, state: RuntimeState, reason: str) -> None:
         if state == self.state and reason == self.reason:
@@ -114,8 +117,13 @@ class RuntimeConnection:
         return await self._raw_call(self._path(method), body, timeout)
 
     async def _raw_call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+        callable_ = self._unary.get(method)
+        if callable_ is None:
+            callable_ = self._channel.unary_unary(method)
+            if len(self._unary) < _CACHED_METHODS:
+                self._unary[method] = callable_
         try:
-            return await self._channel.unary_unary(method)(body, timeout=timeout)
+            return await callable_(body, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise await self._failed(err) from None
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 import zmq
-import zmq.asyncio
 
 from criproxy import protocol
 from criproxy.settings import Config, Runtime
+from criproxy.zmqloop import LoopSocket
 from workers.runtime_connection import CallFailed, RuntimeConnection
 
 log = logging.getLogger("criproxy.worker")
@@ -34,8 +34,9 @@ class Worker:
         self.connection = RuntimeConnection(runtime)
         self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self._stop = asyncio.Event()
-        self._ctx = zmq.asyncio.Context()
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
+        self._link: LoopSocket | None = None
 
     def _bind(self) -> None:
         if os.path.exists(self.socket_path):
@@ -59,34 +60,33 @@ class Worker:
         log.info("worker for runtime %s (%s) serving %s, incarnation %s", self.runtime.label,
                  self.runtime.address, self.endpoint, self.incarnation)
         watcher = asyncio.create_task(self.connection.watch())
-        receiver = asyncio.create_task(self._receive_loop())
+        self._link = LoopSocket(self._sock, self._on_frames)
         await self._stop.wait()
         log.info("worker for runtime %s stopping", self.runtime.label)
-        for task in (watcher, receiver, *self._tasks.values()):
+        self._link.close()
+        for task in (watcher, *self._tasks.values()):
             task.cancel()
-        await asyncio.gather(watcher, receiver, *self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(watcher, *self._tasks.values(), return_exceptions=True)
         await self.connection.close()
         self._ctx.destroy(linger=0)
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
 
-    async def _receive_loop(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart(copy=True)
-            if len(frames) != 2:
-                log.warning("dropping a message of %d frames (want 2)", len(frames))
-                continue
-            peer, frame = frames
-            try:
-                message = protocol.unpack(frame)
-            except protocol.ProtocolError as err:
-                log.warning("dropping a malformed frame: %s", err)
-                continue
-            try:
-                self._dispatch(peer, message)
-            except Exception:  # noqa: BLE001 - one bad message must not deafen the worker
-                log.exception("dropping a %s message that could not be handled",
-                              str(message.get("t"))[:100])
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            log.warning("dropping a message of %d frames (want 2)", len(frames))
+            return
+        peer, frame = frames
+        try:
+            message = protocol.unpack(frame)
+        except protocol.ProtocolError as err:
+            log.warning("dropping a malformed frame: %s", err)
+            return
+        try:
+            self._dispatch(peer, message)
+        except Exception:  # noqa: BLE001 - one bad message must not deafen the worker
+            log.exception("dropping a %s message that could not be handled",
+                          str(message.get("t"))[:100])
 
     def _dispatch(self, peer: bytes, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -115,8 +115,9 @@ class Worker:
                 "r": conn.reason, "v": conn.cri_version}
 
     def _send(self, peer: bytes, message: dict[str, Any]) -> None:
+        assert self._link is not None
         try:
-            self._sock.send_multipart([peer, protocol.pack(message)], flags=zmq.NOBLOCK)
+            self._link.send([peer, protocol.pack(message)])
         except zmq.ZMQError as err:
             log.warning("cannot send %s to the front: %s", message["t"], err)
 
