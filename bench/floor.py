@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""The floor of criproxy's architecture: what a proxy with the same parts but no
+logic costs, measured beside direct calls and criproxy in one run.
+
+    .venv/bin/python bench/floor.py [--seconds 5] [--clients 1,16] [--rounds 3]
+
+Each figure is the median of interleaved rounds (direct, bare, criproxy, ...).
+
+The bare chain is a grpc.aio server that sends every request's bytes over
+ZeroMQ (DEALER, msgpack envelope, plain socket driven by the loop, as in
+criproxy/zmqloop.py) to a worker process, which makes the call with a grpc.aio
+client and sends the answer back. No routing, parsing, metrics, heartbeats,
+logging or supervision; the caller's deadline does travel with the call, as
+criproxy must pass it on. Whatever the bare chain costs over direct
+calls, criproxy cannot cost less with this architecture and grpc-python;
+criproxy minus the bare chain is the price of its own logic.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import msgpack
+import zmq
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from criproxy.zmqloop import LoopSocket  # noqa: E402
+
+
+# ------------------------------------------------------------------ the bare chain
+
+
+async def bare_front(listen: str, endpoint: str) -> None:
+    loop = asyncio.get_running_loop()
+    pending: dict[int, asyncio.Future] = {}
+    ids = itertools.count()
+
+    def on_frames(frames: list[bytes]) -> None:
+        answer = msgpack.unpackb(frames[0])
+        future = pending.pop(answer["id"], None)
+        if future is not None and not future.done():
+            future.set_result(answer["b"])
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    link = LoopSocket(sock, on_frames)
+
+    class Forward(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            path = details.method  # type: ignore[attr-defined]
+
+            async def forward(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                request_id = next(ids)
+                pending[request_id] = future = loop.create_future()
+                link.send([msgpack.packb({"id": request_id, "m": path, "b": body,
+                                          "d": context.time_remaining()})])
+                return await future
+
+            return grpc.unary_unary_rpc_method_handler(forward)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((Forward(),))
+    server.add_insecure_port("unix:" + listen)
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def bare_worker(endpoint: str, runtime: str) -> None:
+    channel = grpc.aio.insecure_channel("unix:" + runtime)
+    callables: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    tasks: set[asyncio.Task] = set()
+
+    async def call(peer: bytes, request: dict) -> None:
+        method = callables.get(request["m"]) or callables.setdefault(
+            request["m"], channel.unary_unary(request["m"]))
+        answer = await method(request["b"], timeout=request["d"])
+        link.send([peer, msgpack.packb({"id": request["id"], "b": answer})])
+
+    def on_frames(frames: list[bytes]) -> None:
+        task = asyncio.create_task(call(frames[0], msgpack.unpackb(frames[1])))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    link = LoopSocket(sock, on_frames)
+    await asyncio.Event().wait()
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def measure(where: str, pids: dict[str, int], clients: int, seconds: float) -> dict:
+    import procstat
+    import run
+    from cri_api.v1 import api_pb2 as pb
+
+    request = pb.VersionRequest(version="0.1.0")
+    spec = {"groups": [[run.job("x", where, "Version", request, seconds, concurrency=clients)]],
+            "rounds": 1, "warmup": 100}
+    load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # its imports
+    before = {role: procstat.cpu_seconds(pid) for role, pid in pids.items()}
+    out, _ = load.communicate(json.dumps(spec))
+    stats = json.loads(out)["x"]
+    used = {role: 1e6 * (procstat.cpu_seconds(pid) - before[role]) / stats["calls"]
+            for role, pid in pids.items()}
+    return {"calls_per_s": stats["calls_per_s"], "p50_ms": stats["p50_ms"], "cpu_us": used}
+
+
+def _median(results: list[dict], key: str) -> float:
+    values = sorted(r["cpu_us"].get(key, 0.0) if key in ("front", "worker") else r[key]
+                    for r in results)
+    return values[len(values) // 2]
+
+
+def _wait_for(socket: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not socket.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the bare front did not create {socket}")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    import run
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--role", choices=("front", "worker"), help=argparse.SUPPRESS)
+    parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "front":
+        asyncio.run(bare_front(*args.addresses))
+        return
+    if args.role == "worker":
+        asyncio.run(bare_worker(*args.addresses))
+        return
+
+    bench = run.Bench(run.parse_args([]), run.short_dir("flr-"))
+    bare: list[subprocess.Popen] = []
+    try:
+        fake = bench.fake("a")
+        endpoint, listen = f"ipc://{bench.base}/bare.ipc", str(bench.base / "bare.sock")
+        for role, addresses in (("worker", [endpoint, str(fake.socket)]),
+                                ("front", [listen, endpoint])):
+            bare.append(subprocess.Popen([sys.executable, __file__, "--role", role, *addresses]))
+        proxy = bench.proxy("p", str(fake.socket), ["primary"])
+        _wait_for(Path(listen))
+        paths = {
+            "direct": (run.target(fake.socket), {}),
+            "bare chain": (run.target(listen), {"front": bare[1].pid, "worker": bare[0].pid}),
+            "criproxy": (run.target(proxy.listen), {"front": proxy.front_pid(),
+                                                    "worker": proxy.worker_pid("primary")}),
+        }
+        print("Version calls to the fake runtime; CPU is per call, in the proxy's processes")
+        print(f"{'clients':>7}  {'path':10}  {'calls/s':>7}  {'p50 ms':>6}  {'+p50 ms':>7}  "
+              f"{'front us':>8}  {'worker us':>9}")
+        for clients in (int(c) for c in args.clients.split(",")):
+            rounds: dict[str, list[dict]] = {name: [] for name in paths}
+            for _ in range(args.rounds):  # interleaved, so drift on the machine hits all alike
+                for name, (where, pids) in paths.items():
+                    rounds[name].append(measure(where, pids, clients, args.seconds))
+            direct_p50 = _median(rounds["direct"], "p50_ms")
+            for name, results in rounds.items():
+                p50 = _median(results, "p50_ms")
+                print(f"{clients:>7}  {name:10}  {_median(results, 'calls_per_s'):7.0f}  "
+                      f"{p50:6.2f}  {p50 - direct_p50:+7.2f}  "
+                      f"{_median(results, 'front'):8.0f}  {_median(results, 'worker'):9.0f}",
+                      flush=True)
+    finally:
+        for proc in bare:
+            proc.kill()
+            proc.wait()
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
