@@ -6,10 +6,12 @@ whose FD was never armed, and an edge consumed by a send. Each has a test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from typing import Callable, Iterator
 
 import pytest
 import zmq
@@ -64,13 +66,30 @@ def test_a_monitor_reports_a_peer_killed_long_after_the_start(endpoint: str) -> 
     assert asyncio.run(scenario())["event"] == zmq.EVENT_DISCONNECTED
 
 
+@contextlib.contextmanager
+def echoed_link(endpoint: str, on_frames: Callable[[list[bytes]], None],
+                send_queue: int = 1000) -> Iterator[LoopSocket]:
+    """A LoopSocket (DEALER) connected to an echo peer; both gone afterwards."""
+    peer = _echo_peer(endpoint)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.SNDHWM, send_queue)
+    link = LoopSocket(dealer, on_frames)
+    dealer.connect(endpoint)
+    try:
+        yield link
+    finally:
+        link.close()
+        ctx.destroy(linger=0)
+        peer.kill()
+        peer.wait()
+
+
 def test_every_answer_arrives_while_sends_and_receives_interleave(endpoint: str) -> None:
     """Sends consume FD edges; answers that came meanwhile must still be taken."""
     count = 5000
 
     async def scenario() -> list[int]:
-        peer = _echo_peer(endpoint)
-        ctx = zmq.Context()
         got: list[int] = []
         done = asyncio.Event()
 
@@ -79,22 +98,14 @@ def test_every_answer_arrives_while_sends_and_receives_interleave(endpoint: str)
             if len(got) == count:
                 done.set()
 
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.SNDHWM, count)  # as the front's: never refuse a send here
-        link = LoopSocket(dealer, on_frames)
-        link.sock.connect(endpoint)
-        try:
+        # A send queue as large as the front's: no send is refused here.
+        with echoed_link(endpoint, on_frames, send_queue=count) as link:
             for n in range(count):
                 link.send([str(n).encode()])
                 if n % 7 == 0:
                     await asyncio.sleep(0)
             await asyncio.wait_for(done.wait(), WAIT)
-            return got
-        finally:
-            link.close()
-            ctx.destroy(linger=0)
-            peer.kill()
-            peer.wait()
+        return got
 
     assert sorted(asyncio.run(scenario())) == list(range(count))
 
@@ -102,8 +113,6 @@ def test_every_answer_arrives_while_sends_and_receives_interleave(endpoint: str)
 def test_a_callback_that_raises_does_not_deafen_the_socket(endpoint: str,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> list[bytes]:
-        peer = _echo_peer(endpoint)
-        ctx = zmq.Context()
         got: list[bytes] = []
         second = asyncio.Event()
 
@@ -113,18 +122,11 @@ def test_a_callback_that_raises_does_not_deafen_the_socket(endpoint: str,
             got.append(frames[0])
             second.set()
 
-        link = LoopSocket(ctx.socket(zmq.DEALER), on_frames)
-        link.sock.connect(endpoint)
-        try:
+        with echoed_link(endpoint, on_frames) as link:
             link.send([b"bad"])
             link.send([b"good"])
             await asyncio.wait_for(second.wait(), WAIT)
-            return got
-        finally:
-            link.close()
-            ctx.destroy(linger=0)
-            peer.kill()
-            peer.wait()
+        return got
 
     assert asyncio.run(scenario()) == [b"good"]
     assert "could not be handled" in caplog.text
@@ -132,18 +134,11 @@ def test_a_callback_that_raises_does_not_deafen_the_socket(endpoint: str,
 
 def test_close_stops_the_callbacks(endpoint: str) -> None:
     async def scenario() -> list[list[bytes]]:
-        peer = _echo_peer(endpoint)
-        ctx = zmq.Context()
         got: list[list[bytes]] = []
-        link = LoopSocket(ctx.socket(zmq.DEALER), got.append)
-        link.sock.connect(endpoint)
-        link.send([b"late"])
-        link.close()  # before the loop had a turn: the echo must not reach the callback
-        await asyncio.sleep(0.3)
-        ctx.destroy(linger=0)
-        peer.kill()
-        peer.wait()
+        with echoed_link(endpoint, got.append) as link:
+            link.send([b"late"])
+            link.close()  # before the loop had a turn: the echo must not reach the callback
+            await asyncio.sleep(0.3)
         return got
 
     assert asyncio.run(scenario()) == []
-
