@@ -42,8 +42,10 @@ class LoopSocket:
 
     def send(self, frames: list[bytes]) -> None:
         """Send without blocking; raises zmq.Again when ZeroMQ cannot queue it."""
-        self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        self._schedule_drain()
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        finally:
+            self._schedule_drain()  # a refused send may have consumed an edge too
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and not self._draining:
