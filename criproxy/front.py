@@ -49,15 +49,20 @@ class RoutingHandler(grpc.GenericRpcHandler):
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
+        # Built once: grpc asks for a handler on every call.
+        self._handlers = {path: self._handler(method) for path, method in METHODS.items()}
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        method = METHODS.get(details.method)  # type: ignore[attr-defined]
-        if method is None:
-            return grpc.unary_unary_rpc_method_handler(
-                functools.partial(_unimplemented, details.method))  # type: ignore[attr-defined]
+    def _handler(self, method: Method) -> grpc.RpcMethodHandler:
         if method.route.rule == Rule.STREAM_MERGE:
             return grpc.unary_stream_rpc_method_handler(functools.partial(self._stream, method))
         return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, method))
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = self._handlers.get(details.method)  # type: ignore[attr-defined]
+        if handler is None:
+            return grpc.unary_unary_rpc_method_handler(
+                functools.partial(_unimplemented, details.method))  # type: ignore[attr-defined]
+        return handler
 
     async def _unary(self, method: Method, raw: bytes,
                      context: grpc.aio.ServicerContext) -> bytes:
