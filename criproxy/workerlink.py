@@ -164,10 +164,15 @@ class WorkerLink:
             if older_than is None or pending.sent_at < older_than:
                 self._finish(request_id, pending, error)
 
-    def _finish(self, request_id: int, pending: _Pending, outcome: Any) -> None:
-        self._pending.pop(request_id, None)
-        if pending.deadline is not None:
+    def _forget(self, request_id: int) -> _Pending | None:
+        """Stop waiting for a call's answer (and disarm its deadline)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is not None and pending.deadline is not None:
             pending.deadline.cancel()
+        return pending
+
+    def _finish(self, request_id: int, pending: _Pending, outcome: Any) -> None:
+        self._forget(request_id)
         if pending.items is not None:
             _put_nowait_final(pending.items, outcome)
         elif not pending.future.done():
@@ -279,10 +284,7 @@ class WorkerLink:
         return request_id, pending
 
     def _cancel(self, request_id: int) -> None:
-        pending = self._pending.pop(request_id, None)
-        if pending is not None:
-            if pending.deadline is not None:
-                pending.deadline.cancel()
+        if self._forget(request_id) is not None:
             self._send_cancel(request_id)
 
     def _send_cancel(self, request_id: int) -> None:

@@ -85,6 +85,10 @@ class Proxy:
     def worker_pid(self, label: str) -> int:
         return int(self.runtime_status(label)["worker_pid"])
 
+    def pids(self, labels: list[str] | tuple[str, ...]) -> dict[str, int]:
+        """The front's pid ("front") and the pid of each runtime's worker (by label)."""
+        return {"front": self.front_pid(), **{label: self.worker_pid(label) for label in labels}}
+
     def supervisord_pid(self) -> int:
         return int((self.rundir / "supervisord.pid").read_text())
 

@@ -57,19 +57,13 @@ PROPERTY = settings(max_examples=60, deadline=None, database=None,
 def hc() -> Iterator[Cluster]:
     """A cluster of this module's own; every test ends checking nothing restarted."""
     cluster = start_cluster()
-    cluster.pids = proxy_pids(cluster)  # type: ignore[attr-defined]
+    cluster.pids = cluster.proxy.pids(RUNTIMES)  # type: ignore[attr-defined]
     yield cluster
     stop_cluster(cluster)
 
 
-def proxy_pids(cluster: Cluster) -> dict[str, int]:
-    proxy = cluster.proxy
-    return {"front": proxy.front_pid(),
-            **{label: proxy.worker_pid(label) for label in RUNTIMES}}
-
-
 def assert_nothing_restarted(cluster: Cluster) -> None:
-    now = proxy_pids(cluster)
+    now = cluster.proxy.pids(RUNTIMES)
     assert now == cluster.pids, f"a proxy process restarted: {cluster.pids} -> {now}"  # type: ignore[attr-defined]
     for pid in now.values():
         os.kill(pid, 0)  # raises if the process is gone

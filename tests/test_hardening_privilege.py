@@ -35,7 +35,7 @@ import grpc
 import pytest
 
 from criproxy.settings import load_settings_file
-from tests.conftest import STREAM_URL, Cluster
+from tests.conftest import STREAM_URL, Cluster, stop_cluster
 from tests.fakeruntime import start_fake
 from tests.harness import REPO, process_tree, short_dir, start_proxy
 
@@ -97,18 +97,11 @@ def start_open_cluster(*proxy_args: str) -> Cluster:
     return Cluster(proxy, fakes, base)
 
 
-def stop_open_cluster(cluster: Cluster) -> None:
-    cluster.proxy.stop()
-    for fake in cluster.fakes.values():
-        fake.stop()
-    shutil.rmtree(cluster.base, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def pc(group: grp.struct_group) -> Iterator[Cluster]:
     cluster = start_open_cluster("-socketGroup", group.gr_name)
     yield cluster
-    stop_open_cluster(cluster)
+    stop_cluster(cluster)
 
 
 def worker_sockets(cluster: Cluster) -> list[Path]:
@@ -264,7 +257,7 @@ def test_no_inet_socket_at_all_without_metrics() -> None:
         owned = proxy_inet_sockets(cluster)
         assert {pid: found for pid, found in owned.items() if found} == {}
     finally:
-        stop_open_cluster(cluster)
+        stop_cluster(cluster)
 
 
 HOARDER = r"""
@@ -313,7 +306,7 @@ def test_unprivileged_user_cannot_use_up_the_fronts_descriptors() -> None:
         if hoarder is not None and hoarder.poll() is None:
             hoarder.kill()
             hoarder.wait(WAIT)
-        stop_open_cluster(cluster)
+        stop_cluster(cluster)
 
 
 # --- refusing to start ---------------------------------------------------------------------

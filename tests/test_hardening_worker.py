@@ -54,9 +54,7 @@ def dealer(wc: Cluster) -> Iterator[zmq.Socket]:
 
 
 def pids(cluster: Cluster) -> dict[str, int]:
-    proxy = cluster.proxy
-    return {"front": proxy.front_pid(), "primary": proxy.worker_pid("primary"),
-            "alt": proxy.worker_pid("alt"), "vm.cloud": proxy.worker_pid("vm.cloud")}
+    return cluster.proxy.pids(("primary", "alt", "vm.cloud"))
 
 
 def alt_log_lines(cluster: Cluster, offset: int) -> list[str]:
