@@ -17,8 +17,9 @@ from urllib.parse import urlparse
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from criproxy import logs, metrics
+from criproxy import imagepods, logs, metrics
 from criproxy.naming import PRIMARY, Names
+from criproxy.podrecord import PodRecord
 from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
 from criproxy.routing import Digest, Method, Rule, field_value, target_runtime_annotation
 from criproxy.settings import Config
@@ -57,6 +58,7 @@ class Dispatcher:
         self.config = config
         self.links = links  # in -connect order, primary first
         self.names = Names(list(links), config.runtime_handlers)
+        self.record = PodRecord(config)
         self.stream_base = config.stream_url or default_stream_base(config.stream_port)
         self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
                                          Awaitable[bytes]]] = {
@@ -83,16 +85,17 @@ class Dispatcher:
         return await link.call(method.path, body, timeout)
 
     async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
-                       timeout: float | None) -> bytes:
-        changed = self._fit_request(runtime, request)
+                       timeout: float | None, images_follow_pod: bool = False) -> bytes:
+        changed = self._fit_request(runtime, request, images_follow_pod)
         body = raw if runtime == PRIMARY and not changed else request.SerializeToString()
         answer = await self._call(runtime, method, body, timeout)
+        self.record.observe(runtime, method.name, request, answer)
         return self._present(runtime, method, answer)
 
-    def _fit_request(self, runtime: str, request: Message) -> bool:
+    def _fit_request(self, runtime: str, request: Message, images_follow_pod: bool) -> bool:
         """Strip our prefixes; refuse objects of another runtime than `runtime`."""
         try:
-            return strip_prefixes(request, runtime, self.names)
+            return strip_prefixes(request, runtime, self.names, images_follow_pod)
         except ForeignObject as err:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                             self._foreign_message(err, runtime)) from None
@@ -155,12 +158,17 @@ class Dispatcher:
 
     async def _by_id(self, method: Method, request: Message, raw: bytes,
                      timeout: float | None) -> bytes:
-        runtime, _ = self.names.split_id(field_value(request, method.route.key))
-        return await self._forward(runtime, method, request, raw, timeout)
+        runtime, bare = self.names.split_id(field_value(request, method.route.key))
+        follow = (method.route.images_follow_pod and
+                  imagepods.placed_by_handler(self.record, runtime, bare))
+        return await self._forward(runtime, method, request, raw, timeout, follow)
 
     async def _by_image(self, method: Method, request: Message, raw: bytes,
                         timeout: float | None) -> bytes:
         spec = field_value(request, method.route.key)
+        pod_runtime = self._pod_of_image_call(method, request, spec)
+        if pod_runtime is not None:
+            return await self._forward(pod_runtime, method, request, raw, timeout, True)
         runtime, _ = self.names.split_image(spec.image, spec.runtime_handler)
         if runtime is not None:
             return await self._forward(runtime, method, request, raw, timeout)
@@ -169,6 +177,13 @@ class Dispatcher:
         if method.route.digest == Digest.EVERY:
             return await self._broadcast(method, request, raw, timeout)
         return await self._forward(PRIMARY, method, request, raw, timeout)
+
+    def _pod_of_image_call(self, method: Method, request: Message, spec: Message) -> str | None:
+        """A plain image name with no handler named: the runtime of the pod it is for."""
+        if (not method.route.images_follow_pod or not self.names.is_plain_image(spec.image)
+                or self.names.handler_route(spec.runtime_handler)):  # type: ignore[attr-defined]
+            return None
+        return imagepods.runtime_of_image_call(self.record, request, spec)  # type: ignore[arg-type]
 
     async def _first_found(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
         """A digest names content any runtime may hold: ask each in turn."""
@@ -206,30 +221,55 @@ class Dispatcher:
         if len(named) > 1:
             return b""  # a filter naming two runtimes' objects matches nothing
         if named:
-            return await self._forward(named.pop(), method, request, raw, timeout)
-        # Wait for runtimes only part of the caller's time, so a slow runtime is left
-        # out before the caller's deadline, not together with everyone else.
+            return await self._to_owner(named.pop(), method, request, raw, timeout)
+        # Wait for runtimes only part of the caller's time, so a slow runtime is
+        # represented by its last answer before the caller's deadline.
         budget = (min(timeout * _CALLER_SHARE, self.config.list_budget) if timeout
                   else self.config.list_budget)
+        sent = [self.record.sent(name) for name in self.links]
         results = await asyncio.gather(
             *(self._call(name, method, raw, budget) for name in self.links),
             return_exceptions=True)
-        return self._merge(method, results)
+        return self._merge(method, request, results, sent)
 
-    def _merge(self, method: Method, results: list) -> bytes:
-        """Concatenate answers in -connect order (protobuf concatenation merges)."""
+    async def _to_owner(self, runtime: str, method: Method, request: Message, raw: bytes,
+                        timeout: float | None) -> bytes:
+        """A List whose filter names one runtime's object: that runtime's answer."""
+        try:
+            return await self._forward(runtime, method, request, raw, timeout)
+        except CallError as err:
+            last = self._last_answer(runtime, method, request, err)
+            if last is None:
+                raise
+            return last
+
+    def _merge(self, method: Method, request: Message, results: list, sent: list[int]) -> bytes:
+        """Concatenate answers in -connect order (protobuf concatenation merges); a
+        runtime that could not answer is represented by its last answer."""
         parts, errors = [], []
-        for (name, link), result in zip(self.links.items(), results):
+        for name, result, sent_seq in zip(self.links, results, sent):
             if isinstance(result, CallError):
-                self._log_skipped(method, link, result)
-                errors.append(result)
+                last = self._last_answer(name, method, request, result)
+                if last is None:
+                    errors.append(result)
+                else:
+                    parts.append(last)
             elif isinstance(result, BaseException):
                 raise result
             else:
+                self.record.answered(name, method.name, request, result, sent_seq)
                 parts.append(self._present(name, method, result))
         if not parts:
             raise errors[0]
         return b"".join(parts)
+
+    def _last_answer(self, runtime: str, method: Method, request: Message,
+                     err: CallError) -> bytes | None:
+        last = self.record.last_answer(runtime, method.name, request)
+        if last is None:
+            self._log_skipped(method, self.links[runtime], err)
+            return None
+        return self._present(runtime, method, last)
 
     def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:
         metrics.runtime_skipped(link.label, method.name)

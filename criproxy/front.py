@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from criproxy import logs, metrics
 from criproxy.dispatch import Dispatcher, routed_to
 from criproxy.routing import METHODS, Method, Rule
+from criproxy.instance import refuse_live_socket
 from criproxy.settings import Config, ConfigError
 from criproxy.workerlink import CallError, WorkerLink
 
@@ -147,8 +148,7 @@ def _dump(message_class: type, raw: bytes) -> str:
 def _bind_path(config: Config) -> str:
     """Remove a stale socket left by a crash; refuse to remove anything else."""
     path = Path(config.listen)
-    if path.is_symlink() or (path.exists() and not path.is_socket()):
-        raise ConfigError(f"-listen {path} exists and is not a socket; not removing it")
+    refuse_live_socket(path)
     if path.exists():
         path.unlink()
     return "unix:" + str(path)
@@ -170,7 +170,8 @@ class Front:
         # UNIMPLEMENTED: handlers are consulted in the order they were added.
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.server.add_generic_rpc_handlers([RoutingHandler(Dispatcher(config, self.links))])
+        self.dispatcher = Dispatcher(config, self.links)
+        self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher)])
         self._health_changed = asyncio.Event()
         for link in self.links.values():
             link.on_state_change = lambda _link: self._health_changed.set()
@@ -245,7 +246,8 @@ class Front:
     def write_status(self) -> None:
         """Publish runtime states for `criproxy status` (atomic replace)."""
         status = {"front_pid": os.getpid(), "listen": self.config.listen, "time": time.time(),
-                  "runtimes": [link.snapshot() for link in self.links.values()],
+                  "runtimes": [{**link.snapshot(), **self.dispatcher.record.snapshot(name)}
+                               for name, link in self.links.items()],
                   "metrics": self.metrics.bound or None, "metrics_error": self.metrics.error,
                   "requests": metrics.recent_rates()}
         tmp = self.config.status_file.with_suffix(".tmp")

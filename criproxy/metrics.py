@@ -57,6 +57,9 @@ SUBSCRIBERS = Gauge("criproxy_event_subscribers",
 SKIPPED = Counter("criproxy_fanout_skipped", "List answers given without a runtime, "
                   "because it failed or did not answer within -listBudget",
                   ["runtime", "method"], registry=REGISTRY)
+LAST_ANSWERS = Counter("criproxy_list_stale_answers", "List answers in which a runtime that "
+                       "could not answer was represented by its last answer (pod record)",
+                       ["runtime", "method"], registry=REGISTRY)
 
 
 class _Tally:
@@ -157,6 +160,15 @@ def subscriber_left() -> None:
 
 def runtime_skipped(runtime: str, method: str) -> None:
     SKIPPED.labels(runtime, method).inc()
+
+
+def last_answer_declared(runtime: str, method: str) -> None:
+    """Export the series at 0 from the start, so rate() sees its first increase."""
+    LAST_ANSWERS.labels(runtime, method)
+
+
+def last_answer_served(runtime: str, method: str) -> None:
+    LAST_ANSWERS.labels(runtime, method).inc()
 
 
 # --- runtime state, read from the links when scraped ---------------------------

@@ -46,6 +46,15 @@ class Names:
             return name, rest
         return PRIMARY, object_id
 
+    def prefix_owner(self, image: str) -> str | None:
+        """The named runtime whose prefix `image` carries, if any."""
+        name, sep, _rest = image.partition(IMAGE_SEPARATOR)
+        return name if sep and name in self._named else None
+
+    def is_plain_image(self, image: str) -> bool:
+        """A name with no runtime prefix, and not a digest (which fits any runtime)."""
+        return not is_digest(image) and self.prefix_owner(image) is None
+
     def split_image(self, image: str, handler: str = "") -> tuple[str | None, str]:
         """`alt/img` → ("alt", "img"); a digest → (None, digest): it fits any runtime.
 

@@ -126,24 +126,34 @@ def add_prefixes(message: Message, runtime: str) -> None:
     rewrite(message, prefix)
 
 
-def _owner(kind: str, value: str, message: Message, names: Names) -> tuple[str | None, str]:
-    """Which runtime a request's id, image or handler belongs to, and its bare form."""
+def _owner(kind: str, value: str, message: Message, names: Names,
+           plain_images: str | None = None) -> tuple[str | None, str]:
+    """Which runtime a request's id, image or handler belongs to, and its bare form;
+    `plain_images`, when given, owns image names without a runtime prefix."""
     if kind == ID:
         return names.split_id(value)
     if kind == IMAGE:
-        return names.split_image(value, getattr(message, "runtime_handler", ""))
+        handler = getattr(message, "runtime_handler", "")
+        if plain_images is not None and names.is_plain_image(value) and \
+                names.handler_route(handler) is None:
+            return plain_images, value
+        return names.split_image(value, handler)
     route = names.handler_route(value)
     return (route.runtime, route.runtime_handler) if route else (None, value)
 
 
-def strip_prefixes(message: Message, runtime: str, names: Names) -> bool:
+def strip_prefixes(message: Message, runtime: str, names: Names,
+                   plain_images_are_its: bool = False) -> bool:
     """Make a request fit `runtime`: drop prefixes, rename mapped handlers, refuse
-    other runtimes' objects. Returns whether anything changed."""
+    other runtimes' objects. Returns whether anything changed. With
+    `plain_images_are_its`, image names without a prefix are `runtime`'s (the
+    images of a pod placed by its RuntimeClass handler), not the primary's."""
     changed = False
+    plain_images = runtime if plain_images_are_its else None
 
     def strip(kind: str, name: str, value: str, holder: Message) -> str:
         nonlocal changed
-        owner, bare = _owner(kind, value, holder, names)
+        owner, bare = _owner(kind, value, holder, names, plain_images)
         if owner is not None and owner != runtime:
             if kind == HANDLER:
                 return value  # another runtime's handler name: this runtime may know it

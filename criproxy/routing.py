@@ -52,6 +52,9 @@ class Route:
     key: str = ""                      # dotted path of the field (or ImageSpec) routing the call
     stream_url: bool = False           # the answer's url may be relative
     digest: Digest = Digest.PRIMARY
+    # A plain image name in the call belongs to the runtime of the pod it is for,
+    # when that pod was placed by its RuntimeClass handler (see docs/routing.md).
+    images_follow_pod: bool = False
 
 
 RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
@@ -69,7 +72,7 @@ _RUNTIME_ROUTES: dict[str, Route] = {
     "PodSandboxStats": Route(Rule.BY_ID, STATUS, "pod_sandbox_id"),
     "PortForward": Route(Rule.BY_ID, CHANGE, "pod_sandbox_id", stream_url=True),
     "UpdatePodSandboxResources": Route(Rule.BY_ID, CHANGE, "pod_sandbox_id"),
-    "CreateContainer": Route(Rule.BY_ID, CHANGE, "pod_sandbox_id"),
+    "CreateContainer": Route(Rule.BY_ID, CHANGE, "pod_sandbox_id", images_follow_pod=True),
     "StartContainer": Route(Rule.BY_ID, CHANGE, "container_id"),
     "StopContainer": Route(Rule.BY_ID, CHANGE, "container_id"),
     "RemoveContainer": Route(Rule.BY_ID, CHANGE, "container_id"),
@@ -93,8 +96,9 @@ _RUNTIME_ROUTES: dict[str, Route] = {
 _IMAGE_ROUTES: dict[str, Route] = {
     "ListImages": Route(Rule.FAN_OUT, LIST),
     "ImageFsInfo": Route(Rule.FAN_OUT, LIST),
-    "ImageStatus": Route(Rule.BY_IMAGE, STATUS, "image", digest=Digest.FIRST_FOUND),
-    "PullImage": Route(Rule.BY_IMAGE, CHANGE, "image"),
+    "ImageStatus": Route(Rule.BY_IMAGE, STATUS, "image", digest=Digest.FIRST_FOUND,
+                         images_follow_pod=True),
+    "PullImage": Route(Rule.BY_IMAGE, CHANGE, "image", images_follow_pod=True),
     "RemoveImage": Route(Rule.BY_IMAGE, CHANGE, "image", digest=Digest.EVERY),
 }
 

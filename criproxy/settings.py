@@ -218,6 +218,13 @@ SETTINGS: tuple[Setting, ...] = (
             "base URL for relative streaming URLs (overrides -streamPort)"),
     Setting("list_budget", "-listBudget", 2.0, _positive_float,
             "seconds a fan-out List call waits for a runtime before answering without it"),
+    Setting("stale_for", "-staleFor", 180.0, _positive_float,
+            "seconds a runtime that cannot answer a ListPodSandbox/ListContainers is "
+            "represented by its last answer; after that it is left out (kubelet's own "
+            "relist tolerates 3 min without an answer before the node turns NotReady)"),
+    Setting("start_wait", "-startWait", 10.0, _positive_float,
+            "seconds a call to a runtime whose worker has not reported since criproxy "
+            "started waits for it (within the call's deadline) instead of failing"),
     Setting("heartbeat", "-heartbeat", 0.5, _positive_float,
             "seconds between front-to-worker heartbeats"),
     Setting("worker_timeout", "-workerTimeout", 3.0, _positive_float,
@@ -244,6 +251,8 @@ class Config:
     stream_port: int
     stream_url: str
     list_budget: float
+    stale_for: float
+    start_wait: float
     heartbeat: float
     worker_timeout: float
     drain: float

@@ -13,6 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from criproxy.instance import hold_rundir, refuse_live_socket
 from criproxy.settings import BOOT_FAILURE_FILE, EXIT_CONFIG_ERROR, Config, ConfigError, to_values
 # A crash-looping program is retried this long after supervisord gives up on it.
 RETRY_AFTER = 5.0
@@ -32,16 +33,6 @@ def prepare_rundir(path: str) -> Path:
     return rundir
 
 
-def refuse_second_instance(rundir: Path) -> None:
-    pidfile = rundir / "supervisord.pid"
-    try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return
-    raise ConfigError(f"criproxy already runs in {rundir} (supervisord pid {pid})")
-
-
 def render_supervisord_conf(config: Config) -> str:
     template = resources.files("criproxy").joinpath("supervisord.conf").read_text()
     return template.format(
@@ -59,7 +50,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def write_runtime_files(config: Config) -> Path:
     rundir = prepare_rundir(config.rundir)
-    refuse_second_instance(rundir)
+    hold_rundir(rundir)
+    refuse_live_socket(Path(config.listen))
     (rundir / BOOT_FAILURE_FILE).unlink(missing_ok=True)
     _write_private(config.settings_file, json.dumps(to_values(config), indent=1))
     conf = rundir / "supervisord.conf"

@@ -103,6 +103,8 @@ class WorkerLink:
         self._monitor: LoopSocket | None = None
         self._heartbeat: asyncio.Task | None = None
         self._up = asyncio.Event()
+        self._started_at = 0.0
+        self._settled = asyncio.Event()  # set once the runtime was first up or down
         # Called after every state change (the front updates gRPC health).
         self.on_state_change: Callable[[WorkerLink], None] | None = None
 
@@ -127,6 +129,7 @@ class WorkerLink:
         self._monitor = LoopSocket(monitor, self._on_monitor_event)
         self._sock.connect(self.config.worker_endpoint(self.runtime))
         self._link = LoopSocket(self._sock, self._on_frames)
+        self._started_at = time.monotonic()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop())
 
     async def close(self) -> None:
@@ -147,6 +150,8 @@ class WorkerLink:
         if state != RuntimeState.UP:
             self.last_error = reason
         self.state, self.reason, self.since = state, reason, time.time()
+        if state != RuntimeState.CONNECTING:
+            self._settled.set()
         if state == RuntimeState.UP:
             self._up.set()
         else:
@@ -183,6 +188,23 @@ class WorkerLink:
 
     async def wait_up(self) -> None:
         await self._up.wait()
+
+    async def _wait_first_start(self, timeout: float | None) -> None:
+        """Right after criproxy starts, a call to a runtime still connecting (its
+        worker not reported yet, or dialing) waits until it is up or known down
+        (-startWait, within the call's deadline): kubelet starts working as soon as
+        Version answers, and the primary's answer comes first. Later, a runtime
+        that is not up fails calls at once."""
+        if self._settled.is_set():
+            return
+        remaining = self._started_at + self.config.start_wait - time.monotonic()
+        if timeout is not None:
+            remaining = min(remaining, timeout)
+        if remaining > 0:
+            try:
+                await asyncio.wait_for(self._settled.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass  # _check_up says why the runtime is not up
 
     # --- loops ---------------------------------------------------------------
 
@@ -304,6 +326,11 @@ class WorkerLink:
 
     async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
         """One unary call; raises CallError with the runtime's own status."""
+        if not self.is_up:
+            started = time.monotonic()
+            await self._wait_first_start(timeout)
+            if timeout is not None:
+                timeout = max(timeout - (time.monotonic() - started), 0.001)
         request_id, pending = self._send(
             {"t": protocol.CALL, "m": method, "b": body, "d": timeout}, stream=False)
         if timeout is not None:

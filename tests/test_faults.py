@@ -712,11 +712,15 @@ def test_missing_or_unknown_flags_exit_2_naming_them() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.parametrize("listen", ["not-a-socket", "no-such-dir/criproxy.sock"])
-def test_a_childs_boot_failure_stops_everything_with_exit_2(listen: str) -> None:
-    """The front cannot make its listen socket (a file that is not a socket is in
-    the way, or its directory is missing): criproxy stops with exit code 2 and
-    says why, instead of restarting the front forever."""
+@pytest.mark.parametrize("listen, refused_by", [("not-a-socket", "criproxy: -listen "),
+                                                ("no-such-dir/criproxy.sock",
+                                                 "criproxy: criproxy front: -listen ")])
+def test_a_listen_socket_boot_failure_stops_everything_with_exit_2(
+        listen: str, refused_by: str) -> None:
+    """The listen socket cannot be made: a file that is not a socket is in the way
+    (criproxy sees it before starting anything), or its directory is missing (the
+    front finds out): criproxy stops with exit code 2 and says why, instead of
+    restarting the front forever."""
     base = short_dir("cpb-")
     primary = start_fake(base, "primary")
     path = base / listen
@@ -734,12 +738,12 @@ def test_a_childs_boot_failure_stops_everything_with_exit_2(listen: str) -> None
         report(boot_failure_stop=took)
         assert returncode == 2, proxy.log()[-3000:]
         last = proxy.log().strip().splitlines()[-1]
-        assert last.startswith("criproxy: criproxy front: -listen ") and str(path) in last, last
+        assert last.startswith(refused_by) and str(path) in last, last
         assert took < 15
         if listen == "not-a-socket":
             assert path.read_text() == "precious\n"
         assert processes_mentioning(str(proxy.rundir)) == []
-        assert proxy.log().count("spawned: 'front'") == 1, "restarting cannot help a boot failure"
+        assert proxy.log().count("spawned: 'front'") <= 1, "restarting cannot help a boot failure"
     finally:
         proxy.stop()
         primary.stop()

@@ -1,0 +1,53 @@
+"""The pod an image call is for, so a RuntimeClass pod's images follow the pod.
+
+A stock kubelet names no RuntimeClass in its image calls (that needs the alpha
+gate RuntimeClassInImageCriAPI); what it does send identifies the pod:
+PullImage carries the pod's sandbox config (uid), ImageStatus the pod's
+annotations (equal to its sandbox config's, and unique per pod thanks to
+`kubernetes.io/config.seen`). The pod record knows on which runtime each
+sandbox is, from the runtimes' own answers and kubelet's RunPodSandbox calls,
+so this survives a criproxy restart.
+
+Only pods placed by a RuntimeClass handler count: a pod carrying the
+`kubernetes.io/target-runtime` annotation keeps the original contract, in
+which its image names carry the runtime prefix.
+"""
+from __future__ import annotations
+
+from google.protobuf.message import Message
+
+from cri_api.v1 import api_pb2 as v1
+from criproxy.podrecord import PodRecord
+from criproxy.routing import TARGET_RUNTIME_ANNOTATION
+
+
+def runtime_of_image_call(record: PodRecord, request: Message, spec: v1.ImageSpec) -> str | None:
+    """The runtime of the handler-placed pod this image call is for, if known."""
+    config = _sandbox_config(request)
+    if config is not None:
+        if TARGET_RUNTIME_ANNOTATION in config.annotations:
+            return None
+        uid = config.metadata.uid
+        if uid:
+            found = record.pod_runtime(lambda sandbox: sandbox.metadata.uid == uid)
+            if found is not None:
+                return found
+    annotations = dict(spec.annotations or (config.annotations if config is not None else {}))
+    if not annotations or TARGET_RUNTIME_ANNOTATION in annotations:
+        return None
+    return record.pod_runtime(lambda sandbox: dict(sandbox.annotations) == annotations)
+
+
+def _sandbox_config(request: Message) -> v1.PodSandboxConfig | None:
+    if "sandbox_config" in request.DESCRIPTOR.fields_by_name and \
+            request.HasField("sandbox_config"):
+        return request.sandbox_config  # type: ignore[attr-defined]
+    return None
+
+
+def placed_by_handler(record: PodRecord, runtime: str, sandbox_id: str) -> bool:
+    """Whether `runtime` holds this sandbox and a RuntimeClass handler put it there."""
+    if not runtime:
+        return False
+    sandbox = record.runtimes[runtime].view().sandboxes.get(sandbox_id)
+    return sandbox is not None and TARGET_RUNTIME_ANNOTATION not in sandbox.annotations

@@ -1,0 +1,234 @@
+"""Each runtime's pods and containers as it last answered: the front's one record of them.
+
+Two users need it (see KUBELET.md): the List fan-out, which answers for a
+runtime that cannot answer now with its last complete answer instead of
+leaving its pods out (kubelet would restart them), and image routing, which
+finds the runtime of a RuntimeClass pod from kubelet's image calls.
+
+It is fed by
+- fresh answers to unfiltered ListPodSandbox / ListContainers: each replaces
+  that List entirely, so only a runtime's own answer makes its pods vanish;
+- kubelet's successful changes through criproxy (podchanges.py), applied on
+  top, and replayed onto a fresh answer to a List sent before they were made.
+
+Answers are kept as the bytes the runtime sent and decoded only when used, so
+a relist costs a reference and a comparison. They are written to the runtime
+dir (recordfile.py), at most once a second, so that a restarted front serves
+them from its first call; kubelet's changes are written at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable
+
+from google.protobuf.message import Message
+
+from cri_api.v1 import api_pb2 as v1
+from criproxy import listfilter, metrics, recordfile
+from criproxy.podchanges import CHANGES, Change
+from criproxy.routing import TARGET_RUNTIME_ANNOTATION
+from criproxy.settings import Config, Runtime
+
+log = logging.getLogger("criproxy.front")
+
+SANDBOXES, CONTAINERS = "ListPodSandbox", "ListContainers"
+LISTS = (SANDBOXES, CONTAINERS)
+_WRITE_EVERY = 1.0
+# An unchanged answer is written too now and then, so that the file tells its age.
+_REFRESH_FILE_EVERY = 10.0
+
+
+@dataclasses.dataclass
+class Answer:
+    raw: bytes
+    taken: float      # unix time the runtime gave it
+    seq: int          # the runtime's changes up to this one are in it
+
+
+@dataclasses.dataclass
+class View:
+    sandboxes: dict[str, v1.PodSandbox]
+    containers: dict[str, v1.Container]
+
+
+def _decode(response: type[Message], answer: Answer | None) -> dict[str, Any]:
+    if answer is None:
+        return {}
+    field = "items" if response is v1.ListPodSandboxResponse else "containers"
+    return {item.id: item for item in getattr(response.FromString(answer.raw), field)}
+
+
+class RuntimeRecord:
+    """One runtime's last answers and kubelet's changes since."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.answers: dict[str, Answer] = {}
+        self.changes: list[tuple[int, Change]] = []
+        self.seq = 0
+        self.serving_last = False    # its Lists come from here now
+        self.expired = False         # ... or would, but the answer is too old
+        self._view: View | None = None
+
+    def fresh(self, method: str, raw: bytes, sent_seq: int) -> bool:
+        """Keep a fresh answer to a List sent at `sent_seq`; False if nothing new."""
+        kept = self.answers.get(method)
+        if kept is not None and kept.seq > sent_seq:
+            return False  # answered before a newer answer we already keep
+        self.answers[method] = Answer(raw, time.time(), sent_seq)
+        if kept is not None and kept.raw == raw and kept.seq == sent_seq:
+            return False
+        self._prune()
+        self._view = None
+        return True
+
+    def change(self, change: Change) -> None:
+        self.seq += 1
+        self.changes.append((self.seq, change))
+        self._view = None
+
+    def _prune(self) -> None:
+        """Forget changes that every kept answer already shows."""
+        oldest = min(self.answers[m].seq if m in self.answers else 0 for m in LISTS)
+        self.changes = [(seq, change) for seq, change in self.changes if seq > oldest]
+
+    def view(self) -> View:
+        if self._view is None:
+            sandboxes = self.answers.get(SANDBOXES)
+            containers = self.answers.get(CONTAINERS)
+            view = View(_decode(v1.ListPodSandboxResponse, sandboxes),
+                        _decode(v1.ListContainersResponse, containers))
+            for seq, (on_sandboxes, on_containers) in self.changes:
+                if on_sandboxes and seq > (sandboxes.seq if sandboxes else 0):
+                    on_sandboxes(view.sandboxes)
+                if on_containers and seq > (containers.seq if containers else 0):
+                    on_containers(view.containers)
+            self._view = view
+        return self._view
+
+    def lists(self) -> recordfile.Lists:
+        """The answers as they stand with kubelet's changes, for the record file."""
+        if not self.changes:
+            return {m: (a.raw, a.taken) for m, a in self.answers.items()}
+        view = self.view()
+        encoded = {SANDBOXES: v1.ListPodSandboxResponse(items=view.sandboxes.values()),
+                   CONTAINERS: v1.ListContainersResponse(containers=view.containers.values())}
+        return {m: (encoded[m].SerializeToString(), a.taken) for m, a in self.answers.items()}
+
+    def age(self, now: float) -> float | None:
+        taken = [a.taken for a in self.answers.values()]
+        return now - min(taken) if taken else None
+
+
+class PodRecord:
+    """The record of every runtime, by runtime name (the primary's is "")."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.runtimes = {r.name: RuntimeRecord(r) for r in config.runtimes}
+        self._saved_at = {name: 0.0 for name in self.runtimes}
+        for record in self.runtimes.values():
+            self._load(record)
+
+    # --- feeding ---------------------------------------------------------------
+
+    def sent(self, runtime: str) -> int:
+        """Mark a List being sent: its answer will show changes up to now."""
+        return self.runtimes[runtime].seq
+
+    def answered(self, runtime: str, method: str, request: Message, raw: bytes,
+                 sent_seq: int) -> None:
+        """A runtime's own answer to a List; kept if it is complete (unfiltered)."""
+        if method not in LISTS or request.filter.ByteSize():  # type: ignore[attr-defined]
+            return
+        record = self.runtimes[runtime]
+        if record.serving_last or record.expired:
+            log.warning("runtime %s answers %s again; Lists no longer come from its "
+                        "last answer", record.runtime.label, method)
+            record.serving_last = record.expired = False
+        if record.fresh(method, raw, sent_seq) or \
+                time.monotonic() - self._saved_at[runtime] > _REFRESH_FILE_EVERY:
+            self._save_soon(runtime)
+
+    def observe(self, runtime: str, method: str, request: Message, answer: bytes) -> None:
+        """A call that succeeded; if it changed the runtime's pods, record that."""
+        make_change = CHANGES.get(method)
+        if make_change is not None:
+            self.runtimes[runtime].change(make_change(request, answer))
+            self._save_now(runtime)
+
+    # --- serving -----------------------------------------------------------------
+
+    def last_answer(self, runtime: str, method: str, request: Message) -> bytes | None:
+        """The runtime's last answer to this List, filtered as the runtime would;
+        None when there is none or it is older than -staleFor."""
+        record = self.runtimes[runtime]
+        if method not in LISTS or method not in record.answers:
+            return None
+        age = time.time() - record.answers[method].taken
+        if age > self.config.stale_for:
+            self._note_expired(record, method, age)
+            return None
+        if not record.serving_last:
+            log.warning("runtime %s cannot answer %s; answering from its last answer "
+                        "(%.1fs old) until it does", record.runtime.label, method, age)
+            record.serving_last = True
+        metrics.last_answer_served(record.runtime.label, method)
+        return _selected(record.view(), method, request)
+
+    def _note_expired(self, record: RuntimeRecord, method: str, age: float) -> None:
+        if not record.expired:
+            log.warning("runtime %s: its last %s answer is %.0fs old, more than -staleFor "
+                        "%gs: answering without it", record.runtime.label, method, age,
+                        self.config.stale_for)
+            record.expired, record.serving_last = True, False
+
+    def pod_runtime(self, matches: Callable[[v1.PodSandbox], bool]) -> str | None:
+        """The runtime of the newest sandbox that `matches`, among pods placed by a
+        RuntimeClass handler (annotation-routed pods keep the image prefix rule)."""
+        found: list[tuple[int, str]] = []
+        for name, record in self.runtimes.items():
+            for sandbox in record.view().sandboxes.values():
+                if TARGET_RUNTIME_ANNOTATION not in sandbox.annotations and matches(sandbox):
+                    found.append((sandbox.created_at, name))
+        return max(found)[1] if found else None
+
+    def snapshot(self, runtime: str) -> dict[str, Any]:
+        """For `criproxy status`."""
+        record = self.runtimes[runtime]
+        return {"serving_last_answer": record.serving_last, "last_answer_expired": record.expired,
+                "last_answer_age": record.age(time.time())}
+
+    # --- the record files --------------------------------------------------------
+
+    def _load(self, record: RuntimeRecord) -> None:
+        path = recordfile.record_path(self.config.rundir, record.runtime.name)
+        now = time.time()
+        for method, (raw, taken) in recordfile.load(path, record.runtime.socket).items():
+            if method in LISTS and now - taken <= self.config.stale_for:
+                record.answers[method] = Answer(raw, taken, 0)
+
+    def _save_now(self, runtime: str) -> None:
+        self._saved_at[runtime] = time.monotonic()
+        record = self.runtimes[runtime]
+        recordfile.save(recordfile.record_path(self.config.rundir, runtime),
+                        record.runtime.socket, record.lists())
+
+    def _save_soon(self, runtime: str) -> None:
+        """Fresh answers come every second: write at most that often. An answer not
+        written is followed by the next relist, which is."""
+        if time.monotonic() - self._saved_at[runtime] >= _WRITE_EVERY:
+            self._save_now(runtime)
+
+
+def _selected(view: View, method: str, request: Message) -> bytes:
+    if method == SANDBOXES:
+        items = listfilter.select_sandboxes(list(view.sandboxes.values()),
+                                            request.filter)  # type: ignore[attr-defined]
+        return v1.ListPodSandboxResponse(items=items).SerializeToString()
+    containers = listfilter.select_containers(list(view.containers.values()),
+                                              request.filter,  # type: ignore[attr-defined]
+                                              view.sandboxes)
+    return v1.ListContainersResponse(containers=containers).SerializeToString()

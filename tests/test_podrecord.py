@@ -1,0 +1,211 @@
+"""Unit tests of the pod record: last answers, kubelet's changes, filters, files."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as cri
+
+from criproxy import listfilter, recordfile
+from criproxy.podrecord import PodRecord
+from criproxy.settings import config_from_values
+
+UID = "io.kubernetes.pod.uid"
+
+
+def make_record(tmp_path: Path, stale_for: float = 180.0) -> PodRecord:
+    config = config_from_values({"connect": "/p.sock,alt:/a.sock", "rundir": str(tmp_path),
+                                 "stale_for": str(stale_for)})
+    return PodRecord(config)
+
+
+def sandbox(sid: str, uid: str, state: int = cri.SANDBOX_READY, **annotations: str) -> cri.PodSandbox:
+    return cri.PodSandbox(id=sid, state=state, labels={UID: uid}, annotations=annotations,
+                          metadata=cri.PodSandboxMetadata(name=sid, uid=uid, namespace="ns"),
+                          created_at=int(time.time_ns()))
+
+
+def container(cid: str, sid: str, uid: str, state: int = cri.CONTAINER_RUNNING) -> cri.Container:
+    return cri.Container(id=cid, pod_sandbox_id=sid, state=state, labels={UID: uid},
+                         metadata=cri.ContainerMetadata(name=cid))
+
+
+def pods_answer(*items: cri.PodSandbox) -> bytes:
+    return cri.ListPodSandboxResponse(items=items).SerializeToString()
+
+
+def containers_answer(*items: cri.Container) -> bytes:
+    return cri.ListContainersResponse(containers=items).SerializeToString()
+
+
+ALL_PODS = cri.ListPodSandboxRequest()
+ALL_CONTAINERS = cri.ListContainersRequest(filter=cri.ContainerFilter())
+
+
+def listed_pods(record: PodRecord, runtime: str = "alt",
+                request: cri.ListPodSandboxRequest = ALL_PODS) -> list[str] | None:
+    raw = record.last_answer(runtime, "ListPodSandbox", request)
+    return None if raw is None else [s.id for s in cri.ListPodSandboxResponse.FromString(raw).items]
+
+
+def listed_containers(record: PodRecord, request: cri.ListContainersRequest = ALL_CONTAINERS
+                      ) -> list[tuple[str, int]] | None:
+    raw = record.last_answer("alt", "ListContainers", request)
+    if raw is None:
+        return None
+    return [(c.id, c.state) for c in cri.ListContainersResponse.FromString(raw).containers]
+
+
+def feed(record: PodRecord, pods: list[cri.PodSandbox], containers: list[cri.Container]) -> None:
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(*pods), record.sent("alt"))
+    record.answered("alt", "ListContainers", ALL_CONTAINERS, containers_answer(*containers),
+                    record.sent("alt"))
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> PodRecord:
+    return make_record(tmp_path)
+
+
+def test_no_answer_yet_means_no_last_answer(record: PodRecord) -> None:
+    assert listed_pods(record) is None
+    assert listed_containers(record) is None
+
+
+def test_a_fresh_unfiltered_answer_is_served_with_the_request_filter(record: PodRecord) -> None:
+    feed(record, [sandbox("s1", "u1"), sandbox("s2", "u2", cri.SANDBOX_NOTREADY)],
+         [container("c1", "s1", "u1"), container("c2", "s2", "u2", cri.CONTAINER_EXITED)])
+
+    assert listed_pods(record) == ["s1", "s2"]
+    by_uid = cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(label_selector={UID: "u2"}))
+    assert listed_pods(record, request=by_uid) == ["s2"]
+    ready = cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(
+        state=cri.PodSandboxStateValue(state=cri.SANDBOX_READY)))
+    assert listed_pods(record, request=ready) == ["s1"]
+    in_s2 = cri.ListContainersRequest(filter=cri.ContainerFilter(pod_sandbox_id="s2"))
+    assert listed_containers(record, in_s2) == [("c2", cri.CONTAINER_EXITED)]
+
+
+def test_a_filtered_answer_does_not_replace_the_last_complete_one(record: PodRecord) -> None:
+    feed(record, [sandbox("s1", "u1"), sandbox("s2", "u2")], [])
+    by_uid = cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(label_selector={UID: "u2"}))
+    record.answered("alt", "ListPodSandbox", by_uid, pods_answer(sandbox("s2", "u2")),
+                    record.sent("alt"))
+
+    assert listed_pods(record) == ["s1", "s2"]
+
+
+def test_only_a_fresh_answer_makes_pods_disappear(record: PodRecord) -> None:
+    feed(record, [sandbox("s1", "u1"), sandbox("s2", "u2")], [])
+    feed(record, [sandbox("s2", "u2")], [])
+
+    assert listed_pods(record) == ["s2"]
+
+
+def test_kubelets_changes_apply_on_top_of_the_last_answer(record: PodRecord) -> None:
+    feed(record, [sandbox("s1", "u1"), sandbox("s2", "u2")],
+         [container("c1", "s1", "u1"), container("c2", "s2", "u2")])
+    config = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="new", uid="u3"),
+                                  labels={UID: "u3"}, annotations={"a": "b"})
+    record.observe("alt", "RunPodSandbox", cri.RunPodSandboxRequest(config=config),
+                   cri.RunPodSandboxResponse(pod_sandbox_id="s3").SerializeToString())
+    record.observe("alt", "CreateContainer", cri.CreateContainerRequest(
+        pod_sandbox_id="s3", config=cri.ContainerConfig(
+            metadata=cri.ContainerMetadata(name="c"), image=cri.ImageSpec(image="sha256:" + "a" * 64),
+            labels={UID: "u3"})),
+        cri.CreateContainerResponse(container_id="c3").SerializeToString())
+    record.observe("alt", "StartContainer", cri.StartContainerRequest(container_id="c3"), b"")
+    record.observe("alt", "StopPodSandbox", cri.StopPodSandboxRequest(pod_sandbox_id="s1"), b"")
+    record.observe("alt", "RemoveContainer", cri.RemoveContainerRequest(container_id="c2"), b"")
+    record.observe("alt", "RemovePodSandbox", cri.RemovePodSandboxRequest(pod_sandbox_id="s2"), b"")
+
+    by_uid = cri.ListPodSandboxRequest(filter=cri.PodSandboxFilter(label_selector={UID: "u3"}))
+    assert listed_pods(record, request=by_uid) == ["s3"]
+    assert listed_pods(record) == ["s1", "s3"]
+    raw = record.last_answer("alt", "ListPodSandbox", ALL_PODS)
+    states = {s.id: s.state for s in cri.ListPodSandboxResponse.FromString(raw).items}
+    assert states == {"s1": cri.SANDBOX_NOTREADY, "s3": cri.SANDBOX_READY}
+    assert listed_containers(record) == [("c1", cri.CONTAINER_EXITED),
+                                         ("c3", cri.CONTAINER_RUNNING)]
+
+
+def test_a_change_made_while_a_list_was_on_its_way_is_replayed_onto_its_answer(
+        record: PodRecord) -> None:
+    feed(record, [sandbox("s1", "u1")], [])
+    sent = record.sent("alt")
+    record.observe("alt", "RunPodSandbox", cri.RunPodSandboxRequest(config=cri.PodSandboxConfig()),
+                   cri.RunPodSandboxResponse(pod_sandbox_id="s2").SerializeToString())
+    record.observe("alt", "RemovePodSandbox", cri.RemovePodSandboxRequest(pod_sandbox_id="s1"), b"")
+    # The runtime answered the List sent before both changes: it still shows s1, not s2.
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("s1", "u1")), sent)
+
+    assert listed_pods(record) == ["s2"]
+
+
+def test_an_answer_older_than_the_kept_one_is_ignored(record: PodRecord) -> None:
+    early = record.sent("alt")
+    record.observe("alt", "RunPodSandbox", cri.RunPodSandboxRequest(config=cri.PodSandboxConfig()),
+                   cri.RunPodSandboxResponse(pod_sandbox_id="s2").SerializeToString())
+    record.answered("alt", "ListPodSandbox", ALL_PODS,
+                    pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2")), record.sent("alt"))
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(), early)
+
+    assert listed_pods(record) == ["s1", "s2"]
+
+
+def test_a_last_answer_older_than_stale_for_is_not_used(tmp_path: Path) -> None:
+    record = make_record(tmp_path, stale_for=0.05)
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("s1", "u1")), 0)
+    assert listed_pods(record) == ["s1"]
+    time.sleep(0.1)
+    assert listed_pods(record) is None
+    assert record.snapshot("alt")["last_answer_expired"] is True
+
+
+def test_last_answers_survive_a_restart_in_a_private_file(tmp_path: Path) -> None:
+    record = make_record(tmp_path)
+    feed(record, [sandbox("s1", "u1")], [container("c1", "s1", "u1")])
+    record.observe("alt", "StopContainer", cri.StopContainerRequest(container_id="c1"), b"")
+    path = recordfile.record_path(str(tmp_path), "alt")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+    restarted = make_record(tmp_path)
+    assert listed_pods(restarted) == ["s1"]
+    assert listed_containers(restarted) == [("c1", cri.CONTAINER_EXITED)]
+    assert listed_pods(restarted, runtime="") is None
+
+
+def test_a_record_file_of_another_socket_or_too_old_is_not_used(tmp_path: Path) -> None:
+    path = recordfile.record_path(str(tmp_path), "alt")
+    recordfile.save(path, "/elsewhere.sock", {"ListPodSandbox": (pods_answer(), time.time())})
+    assert listed_pods(make_record(tmp_path)) is None
+    recordfile.save(path, "/a.sock", {"ListPodSandbox": (pods_answer(), time.time() - 600)})
+    assert listed_pods(make_record(tmp_path)) is None
+    path.write_bytes(b"\x00garbage")
+    assert listed_pods(make_record(tmp_path)) is None
+
+
+def test_pod_runtime_finds_the_newest_handler_placed_sandbox(record: PodRecord) -> None:
+    old = sandbox("s1", "u1", **{"kubernetes.io/config.seen": "t1"})
+    old.created_at = 1
+    record.answered("", "ListPodSandbox", ALL_PODS, pods_answer(old), 0)
+    feed(record, [sandbox("s2", "u1", **{"kubernetes.io/config.seen": "t1"}),
+                  sandbox("s3", "u3", **{"kubernetes.io/target-runtime": "alt"})], [])
+
+    assert record.pod_runtime(lambda s: s.metadata.uid == "u1") == "alt"
+    assert record.pod_runtime(lambda s: s.metadata.uid == "u3") is None, \
+        "annotation-routed pods keep the image prefix rule"
+    assert record.pod_runtime(lambda s: s.metadata.uid == "nobody") is None
+
+
+@pytest.mark.parametrize("wanted, ids, found", [
+    ("abc", ["abc", "abcd"], "abc"),
+    ("ab", ["abc", "xyz"], "abc"),
+    ("ab", ["abc", "abd"], None),
+    ("q", ["abc"], None),
+])
+def test_an_id_filter_resolves_a_unique_prefix_as_containerd_does(
+        wanted: str, ids: list[str], found: str | None) -> None:
+    assert listfilter.resolve_id(wanted, ids) == found
