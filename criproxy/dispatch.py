@@ -222,15 +222,19 @@ class Dispatcher:
             return b""  # a filter naming two runtimes' objects matches nothing
         if named:
             return await self._to_owner(named.pop(), method, request, raw, timeout)
-        # Wait for runtimes only part of the caller's time, so a slow runtime is
-        # represented by its last answer before the caller's deadline.
-        budget = (min(timeout * _CALLER_SHARE, self.config.list_budget) if timeout
-                  else self.config.list_budget)
         sent = [self.record.sent(name) for name in self.links]
         results = await asyncio.gather(
-            *(self._call(name, method, raw, budget) for name in self.links),
+            *(self._call(name, method, raw, self._list_budget(link, timeout))
+              for name, link in self.links.items()),
             return_exceptions=True)
         return self._merge(method, request, results, sent)
+
+    def _list_budget(self, link: WorkerLink, timeout: float | None) -> float:
+        """Wait for a runtime only part of the caller's time, so a slow one is
+        represented by its last answer before the caller's deadline; a runtime
+        still starting gets its -startWait on top."""
+        budget = self.config.list_budget + link.start_wait_left()
+        return min(timeout * _CALLER_SHARE, budget) if timeout else budget
 
     async def _to_owner(self, runtime: str, method: Method, request: Message, raw: bytes,
                         timeout: float | None) -> bytes:

@@ -19,17 +19,27 @@ def format_status(status: dict[str, Any], now: float) -> str:
     lines = [f"front pid {status['front_pid']} serving {status['listen']} "
              f"(status {now - status['time']:.1f}s old)",
              f"{'RUNTIME':<16} {'STATE':<11} {'PID':>7} {'RESTARTS':>8} {'CRI':<4} "
-             f"{'SOCKET':<36} LAST ERROR"]
+             f"{'LISTS':<22} {'SOCKET':<36} LAST ERROR"]
     for r in status["runtimes"]:
         lines.append(f"{r['label']:<16} {r['state']:<11} {str(r['worker_pid'] or '-'):>7} "
-                     f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {r['socket']:<36} "
-                     f"{r['last_error'] or '-'}")
+                     f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r):<22} "
+                     f"{r['socket']:<36} {r['last_error'] or '-'}")
     lines += _format_requests(status)
     if status.get("metrics"):
         lines.append(f"metrics: http {status['metrics']}/metrics")
     elif status.get("metrics_error"):
         lines.append(f"metrics: not served: {status['metrics_error']}")
     return "\n".join(lines)
+
+
+def _lists(runtime: dict[str, Any]) -> str:
+    """Where the runtime's part of List answers comes from now."""
+    age = runtime.get("last_answer_age")
+    if runtime.get("last_answer_expired"):
+        return "left out (too old)"
+    if runtime.get("serving_last_answer") and age is not None:
+        return f"last answer, {age:.0f}s old"
+    return "fresh" if age is not None else "no answer yet"
 
 
 _ROW_NAMES = {"*": "* (several)", "none": "none (refused)"}

@@ -189,15 +189,19 @@ class WorkerLink:
     async def wait_up(self) -> None:
         await self._up.wait()
 
+    def start_wait_left(self) -> float:
+        """How long a call may still wait for this runtime's first start."""
+        if self._settled.is_set():
+            return 0.0
+        return max(0.0, self._started_at + self.config.start_wait - time.monotonic())
+
     async def _wait_first_start(self, timeout: float | None) -> None:
         """Right after criproxy starts, a call to a runtime still connecting (its
         worker not reported yet, or dialing) waits until it is up or known down
         (-startWait, within the call's deadline): kubelet starts working as soon as
         Version answers, and the primary's answer comes first. Later, a runtime
         that is not up fails calls at once."""
-        if self._settled.is_set():
-            return
-        remaining = self._started_at + self.config.start_wait - time.monotonic()
+        remaining = self.start_wait_left()
         if timeout is not None:
             remaining = min(remaining, timeout)
         if remaining > 0:

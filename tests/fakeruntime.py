@@ -33,6 +33,11 @@ from cri_api.v1alpha2 import api_pb2 as cri_v1alpha2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+try:
+    from tests import fakeknobs
+except ImportError:  # run as a script: tests/ is on sys.path
+    import fakeknobs  # type: ignore[no-redef]
+
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GRPC_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -576,8 +581,12 @@ class CriHandler(grpc.GenericRpcHandler):
         failures: dict[str, tuple[grpc.StatusCode, str]],
         delays: dict[str, float],
         methods: dict[str, CriMethod],
+        control: fakeknobs.Control | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.methods = methods
+        self.control = control or fakeknobs.Control(None)
+        self.state_file = state_file
         self.state = state
         self.journal = journal
         self.failures = failures
@@ -601,8 +610,9 @@ class CriHandler(grpc.GenericRpcHandler):
         self.journal.record(method.name, request, raw, context.invocation_metadata(), path)
         if request is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {method.name} request")
-        if method.name in self.delays:
-            await asyncio.sleep(self.delays[method.name])
+        delay = self.delays.get(method.name, 0.0) + self.control.delay(method.name)
+        if delay:
+            await asyncio.sleep(delay)
         if method.name in self.failures:
             await context.abort(*self.failures[method.name])
         return request
@@ -613,6 +623,8 @@ class CriHandler(grpc.GenericRpcHandler):
             response = getattr(self.state, method.name)(request)
         except CriError as error:
             await context.abort(error.code, error.message)
+        if self.state_file is not None:
+            fakeknobs.save_state(self.state_file, self.state.sandboxes, self.state.containers)
         return response.SerializeToString()
 
     async def _stream(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -667,6 +679,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--delay", action="append", default=[], type=_parse_delay, metavar="METHOD=SECONDS",
         help="sleep before answering METHOD",
     )
+    parser.add_argument("--state", type=Path, help="keep sandboxes and containers in this file")
+    parser.add_argument("--control", type=Path, help="JSON file of delays, read on every call")
     parser.add_argument(
         "--cri-versions", default="v1", type=_cri_versions, metavar="V[,V]",
         help="CRI versions to serve: v1, v1alpha2 or both (v1,v1alpha2)",
@@ -687,8 +701,11 @@ async def serve(args: argparse.Namespace) -> None:
     """Serve until SIGTERM/SIGINT, then stop and remove the socket."""
     args.socket.unlink(missing_ok=True)  # a SIGKILLed predecessor leaves its socket behind
     journal = Journal(args.journal)
-    handler = CriHandler(RuntimeState(args.name, args.url_base), journal, dict(args.fail), dict(args.delay),
-                         args.cri_versions)
+    state = RuntimeState(args.name, args.url_base)
+    if args.state is not None:
+        state.sandboxes, state.containers = fakeknobs.load_state(args.state, FakeContainer)
+    handler = CriHandler(state, journal, dict(args.fail), dict(args.delay), args.cri_versions,
+                         fakeknobs.Control(args.control), args.state)
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"unix://{args.socket}")

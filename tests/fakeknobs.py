@@ -1,0 +1,64 @@
+"""Knobs of the fake runtime that tests turn while it runs, and its state on disk.
+
+- A state file (`--state`) keeps the fake's sandboxes and containers across its
+  restarts, as a real runtime keeps them on disk: a restarted runtime still has
+  its pods, so a test can tell "the runtime restarted" from "its pods are gone".
+- A control file (`--control`), JSON `{"delays": {"ListPodSandbox": 3.0}}`, read
+  on every call: slow a method down and speed it up again without a restart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2 as cri
+
+
+def save_state(path: Path, sandboxes: dict[str, Any], containers: dict[str, Any]) -> None:
+    body = pickle.dumps({
+        "sandboxes": {k: v.SerializeToString() for k, v in sandboxes.items()},
+        "containers": {k: (c.pod_sandbox_id, c.status.SerializeToString())
+                       for k, c in containers.items()}})
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(body)
+    os.replace(temporary, path)
+
+
+def load_state(path: Path, make_container: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved sandboxes and containers; `make_container(sandbox_id, status)`."""
+    if not path.exists():
+        return {}, {}
+    data = pickle.loads(path.read_bytes())
+    sandboxes = {k: cri.PodSandboxStatus.FromString(v) for k, v in data["sandboxes"].items()}
+    containers = {k: make_container(sid, cri.ContainerStatus.FromString(v))
+                  for k, (sid, v) in data["containers"].items()}
+    return sandboxes, containers
+
+
+class Control:
+    """Delays set by the test through the control file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._seen: tuple[float, dict[str, float]] = (0.0, {})
+
+    def delay(self, method: str) -> float:
+        if self.path is None:
+            return 0.0
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+        if mtime != self._seen[0]:
+            self._seen = (mtime, json.loads(self.path.read_text() or "{}").get("delays", {}))
+        return float(self._seen[1].get(method, 0.0))
+
+
+def set_delays(path: Path, delays: dict[str, float]) -> None:
+    """Test side: change a running fake's delays."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"delays": delays}))
+    os.replace(temporary, path)
