@@ -15,13 +15,15 @@ from typing import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlparse
 
 import grpc
+from cri_api.v1 import api_pb2 as v1
 from google.protobuf.message import DecodeError, Message
 
 from criproxy import imagepods, logs, metrics
 from criproxy.naming import PRIMARY, Names
 from criproxy.podrecord import PodRecord
 from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
-from criproxy.routing import Digest, Method, Rule, field_value, target_runtime_annotation
+from criproxy.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Rule, field_value,
+                              target_runtime_annotation)
 from criproxy.settings import Config
 from criproxy.slim import slim_class
 from criproxy.workerlink import CallError, WorkerLink
@@ -33,6 +35,10 @@ routed_to: contextvars.ContextVar[list[str]] = contextvars.ContextVar("routed_to
 
 _RESUBSCRIBE_DELAY = 1.0
 _EVENT_QUEUE = 1024
+# A pod an image call names but the record lacks is looked for in fresh
+# answers, unless the record's are this recent.
+_POD_LOOKUP_REFRESH = 1.0
+LIST_SANDBOXES = METHODS[RUNTIME_SERVICE + "ListPodSandbox"]
 # Share of the caller's remaining time a fan-out spends waiting for runtimes.
 _CALLER_SHARE = 0.8
 
@@ -166,7 +172,7 @@ class Dispatcher:
     async def _by_image(self, method: Method, request: Message, raw: bytes,
                         timeout: float | None) -> bytes:
         spec = field_value(request, method.route.key)
-        pod_runtime = self._pod_of_image_call(method, request, spec)
+        pod_runtime = await self._pod_of_image_call(method, request, spec, timeout)
         if pod_runtime is not None:
             return await self._forward(pod_runtime, method, request, raw, timeout, True)
         runtime, _ = self.names.split_image(spec.image, spec.runtime_handler)
@@ -178,12 +184,25 @@ class Dispatcher:
             return await self._broadcast(method, request, raw, timeout)
         return await self._forward(PRIMARY, method, request, raw, timeout)
 
-    def _pod_of_image_call(self, method: Method, request: Message, spec: Message) -> str | None:
-        """A plain image name with no handler named: the runtime of the pod it is for."""
+    async def _pod_of_image_call(self, method: Method, request: Message, spec: Message,
+                                 timeout: float | None) -> str | None:
+        """A plain image name with no handler named: the runtime of the pod it is for.
+        A pod the record does not know yet (e.g. just after a restart that lost the
+        runtime dir) is looked for in the runtimes' own answers once more."""
         if (not method.route.images_follow_pod or not self.names.is_plain_image(spec.image)
                 or self.names.handler_route(spec.runtime_handler)):  # type: ignore[attr-defined]
             return None
-        return imagepods.runtime_of_image_call(self.record, request, spec)  # type: ignore[arg-type]
+        matcher = imagepods.pod_matcher(request, spec)  # type: ignore[arg-type]
+        if matcher is None:
+            return None
+        found = self.record.pod_runtime(matcher)
+        if found is None and self.record.sandboxes_older_than(_POD_LOOKUP_REFRESH):
+            try:
+                await self._fan_out(LIST_SANDBOXES, v1.ListPodSandboxRequest(), b"", timeout)
+            except CallError as err:
+                log.warning("%s: cannot look for its pod: %s", method.name, err)
+            found = self.record.pod_runtime(matcher)
+        return found
 
     async def _first_found(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
         """A digest names content any runtime may hold: ask each in turn."""

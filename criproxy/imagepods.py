@@ -14,28 +14,31 @@ which its image names carry the runtime prefix.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from google.protobuf.message import Message
 
 from cri_api.v1 import api_pb2 as v1
 from criproxy.podrecord import PodRecord
 from criproxy.routing import TARGET_RUNTIME_ANNOTATION
 
+Matcher = Callable[[v1.PodSandbox], bool]
 
-def runtime_of_image_call(record: PodRecord, request: Message, spec: v1.ImageSpec) -> str | None:
-    """The runtime of the handler-placed pod this image call is for, if known."""
+
+def pod_matcher(request: Message, spec: v1.ImageSpec) -> Matcher | None:
+    """What tells the pod of this image call among sandboxes: its uid (PullImage's
+    sandbox config) or its annotations; None without pod context, or for a pod
+    placed by the target-runtime annotation."""
     config = _sandbox_config(request)
-    if config is not None:
-        if TARGET_RUNTIME_ANNOTATION in config.annotations:
-            return None
-        uid = config.metadata.uid
-        if uid:
-            found = record.pod_runtime(lambda sandbox: sandbox.metadata.uid == uid)
-            if found is not None:
-                return found
+    uid = config.metadata.uid if config is not None else ""
     annotations = dict(spec.annotations or (config.annotations if config is not None else {}))
-    if not annotations or TARGET_RUNTIME_ANNOTATION in annotations:
+    if TARGET_RUNTIME_ANNOTATION in annotations or \
+            (config is not None and TARGET_RUNTIME_ANNOTATION in config.annotations):
         return None
-    return record.pod_runtime(lambda sandbox: dict(sandbox.annotations) == annotations)
+    if not uid and not annotations:
+        return None
+    return lambda sandbox: bool(uid and sandbox.metadata.uid == uid or
+                                annotations and dict(sandbox.annotations) == annotations)
 
 
 def _sandbox_config(request: Message) -> v1.PodSandboxConfig | None:

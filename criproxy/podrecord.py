@@ -195,6 +195,13 @@ class PodRecord:
                     found.append((sandbox.created_at, name))
         return max(found)[1] if found else None
 
+    def sandboxes_older_than(self, seconds: float) -> bool:
+        """Whether some runtime's sandboxes are known only from an answer this old, or
+        from none."""
+        now = time.time()
+        return any(SANDBOXES not in r.answers or now - r.answers[SANDBOXES].taken > seconds
+                   for r in self.runtimes.values())
+
     def snapshot(self, runtime: str) -> dict[str, Any]:
         """For `criproxy status`."""
         record = self.runtimes[runtime]
