@@ -114,10 +114,11 @@ class Prometheus:
 
 
 def _config(targets: list[str], rules: Path) -> str:
-    # JSON is YAML: no YAML library needed. One-second scrapes and evaluations
-    # keep the test short.
+    # JSON is YAML: no YAML library needed. Short intervals keep the test short;
+    # a scrape may take up to 2 s on a busy machine (a failed one would make
+    # every series stale and reset pending alerts).
     return json.dumps({
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s",
+        "global": {"scrape_interval": "2s", "scrape_timeout": "2s",
                    "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
         "scrape_configs": [{"job_name": "criproxy",
