@@ -185,6 +185,23 @@ def dashboard_queries() -> list[str]:
     return queries
 
 
+def test_dashboard_panels_are_laid_out_and_ask_the_chosen_data_source() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    taken: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                 for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert grid["x"] + grid["w"] <= 24 and not cells & taken, f"{panel['title']} overlaps"
+        taken |= cells
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "instance", "runtime"}
+
+
 def as_prometheus_query(dashboard_query: str) -> str:
     """A dashboard query as Grafana sends it: every runtime of every node."""
     return (dashboard_query.replace("$__rate_interval", "1m")
