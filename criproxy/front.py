@@ -22,7 +22,7 @@ import zmq
 from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from criproxy import logs, metrics
+from criproxy import logs, metrics, podrecord
 from criproxy.dispatch import Dispatcher, routed_to
 from criproxy.routing import METHODS, Method, Rule
 from criproxy.instance import refuse_live_socket
@@ -176,6 +176,9 @@ class Front:
         for link in self.links.values():
             link.on_state_change = lambda _link: self._health_changed.set()
         metrics.watch_links(self.links.values())
+        fan_outs = {m.name for m in METHODS.values() if m.route.rule == Rule.FAN_OUT}
+        for link in self.links.values():
+            metrics.declare_runtime(link.label, sorted(fan_outs), podrecord.LISTS)
         self.metrics = metrics.Endpoint(
             config.metrics_address,
             group_id=grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1)

@@ -162,9 +162,14 @@ def runtime_skipped(runtime: str, method: str) -> None:
     SKIPPED.labels(runtime, method).inc()
 
 
-def last_answer_declared(runtime: str, method: str) -> None:
-    """Export the series at 0 from the start, so rate() sees its first increase."""
-    LAST_ANSWERS.labels(runtime, method)
+def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
+                    last_answer_methods: Iterable[str]) -> None:
+    """Export a runtime's List counters at 0 from the start: rate() then sees their
+    first increase, and alert rules find every series they name."""
+    for method in fan_out_methods:
+        SKIPPED.labels(runtime, method)
+    for method in last_answer_methods:
+        LAST_ANSWERS.labels(runtime, method)
 
 
 def last_answer_served(runtime: str, method: str) -> None:
