@@ -61,8 +61,11 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, socket: Path) -> None:
+    def __init__(self, socket: Path, keep: bool = True) -> None:
+        """`keep`: keep the spans; else only count them (a benchmark's load)."""
         self.socket = socket
+        self.keep = keep
+        self.count = 0
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
         # Cleared, Export answers nothing until it is set again: a collector that hangs.
@@ -84,7 +87,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                     for scope_spans in resource_spans.scope_spans
                     for span in scope_spans.spans]
         with self._lock:
-            self._spans += received
+            self.count += len(received)
+            if self.keep:
+                self._spans += received
         return trace_service_pb2.ExportTraceServiceResponse()
 
     def spans(self) -> list[ReceivedSpan]:
