@@ -8,14 +8,16 @@ guarded by the runtime dir's mode (0700).
 Every message is one ZeroMQ frame holding one msgpack map. `t` is its type.
 
 Front → worker:
-  call    {t, id, m, b, d[, tc]}  unary call: request id (int, never reused by
-                            a front: random 48-bit base + counter), full gRPC
-                            method path, request bytes (forwarded undecoded),
-                            deadline as seconds remaining (float) or nil, and,
-                            when the call came with one, its W3C trace context:
-                            tc = {"traceparent": str[, "tracestate": str]}, sent
-                            to the runtime as gRPC metadata (tracecontext.py).
-  stream  {t, id, m, b, d[, tc]}  same, for a server-streaming call.
+  call    {t, id, m, b, d, [tc]}  unary call: request id (int, never reused
+                                  by a front: random 48-bit base + counter),
+                                  full gRPC method path, request bytes
+                                  (forwarded undecoded), deadline as seconds
+                                  remaining (float) or nil; optional tc: the
+                                  call's W3C trace context, {"traceparent": str
+                                  [, "tracestate": str]}, which the worker
+                                  checks again and sends to the runtime as gRPC
+                                  metadata (see tracecontext.py).
+  stream  {t, id, m, b, d, [tc]}  same, for a server-streaming call.
   cancel  {t, id}           the caller went away; cancel that call/stream.
   ping    {t}               heartbeat, sent every `-heartbeat` seconds.
 

@@ -193,11 +193,8 @@ def _otlp_endpoint(value: str) -> str:
     if value.startswith("https://"):
         raise ValueError("TLS is not supported: name a collector on the node, "
                          "host:port or unix:/path")
-    value = value.removeprefix("http://").rstrip("/")
-    if value.startswith("unix:"):
-        return _metrics_address(value)
-    address = _metrics_address(value)
-    if address and address.endswith(":0"):
+    address = _metrics_address(value.removeprefix("http://").rstrip("/"))
+    if address.endswith(":0") and not address.startswith("unix:"):
         raise ValueError("port must be 1..65535")
     return address
 

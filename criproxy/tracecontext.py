@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol
 
 import grpc
 
@@ -125,6 +125,23 @@ def attach(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+class Span(Protocol):
+    """criproxy's part of one call: a span of its own (tracing.CallSpan) or none."""
+
+    carried: Optional[Carried]  # what the next hop gets
+
+    @property
+    def metadata(self) -> Optional[tuple[tuple[str, str], ...]]: ...
+
+    def finish(self, code: grpc.StatusCode, message: str = "",
+               runtimes: Iterable[str] = ()) -> None: ...
+
+    def __enter__(self) -> Span: ...
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Finishes the span with the outcome of the block (tracing.CallSpan)."""
+
+
 class Passthrough:
     """No span of criproxy's own: the trace context passes on unchanged."""
 
@@ -152,7 +169,7 @@ class Passthrough:
 _NO_CONTEXT = Passthrough(None)
 
 
-def begin(tracer: Optional[Tracer], path: str, context: Optional[Carried]) -> Any:
+def begin(tracer: Optional[Tracer], path: str, context: Optional[Carried]) -> Span:
     """criproxy's span for a call to `path` under `context`, when spans are on."""
     if tracer is not None:
         return tracer.span(path, context)
@@ -160,7 +177,7 @@ def begin(tracer: Optional[Tracer], path: str, context: Optional[Carried]) -> An
 
 
 def received(tracer: Optional[Tracer], path: str,
-             metadata: Iterable[tuple[str, Any]] | None) -> Any:
+             metadata: Iterable[tuple[str, Any]] | None) -> Span:
     """The front's part of a call: its span, and the context its worker calls carry."""
     span = begin(tracer, path, from_metadata(metadata))
     carried.set(span.carried)

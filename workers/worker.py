@@ -128,7 +128,7 @@ class Worker:
         return {"t": protocol.ERROR, "id": request_id, "inc": self.incarnation,
                 "c": code.value[0], "s": text}
 
-    def _span(self, message: dict[str, Any]) -> Any:
+    def _span(self, message: dict[str, Any]) -> tracecontext.Span:
         """This worker's span of a call, or the front's trace context passing through."""
         return tracecontext.begin(self.tracer, message["m"], tracecontext.from_envelope(message))
 
