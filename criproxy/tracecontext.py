@@ -75,8 +75,8 @@ def parse_tracestate(values: Iterable[Any]) -> str:
                 return ""
             keys.add(match.group(1))
             members.append(member)
-    if len(members) > _MAX_MEMBERS:
-        return ""
+            if len(members) > _MAX_MEMBERS:
+                return ""
     return _cut(members)
 
 
