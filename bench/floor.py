@@ -3,6 +3,7 @@
 logic costs, measured beside direct calls and criproxy in one run.
 
     .venv/bin/python bench/floor.py [--seconds 5] [--clients 1,16] [--rounds 3]
+                                    [--baseline DIR] [--spans]
 
 Each figure is the median of interleaved rounds (direct, bare, criproxy, ...).
 
@@ -14,11 +15,17 @@ logging or supervision; the caller's deadline does travel with the call, as
 criproxy must pass it on. Whatever the bare chain costs over direct
 calls, criproxy cannot cost less with this architecture and grpc-python;
 criproxy minus the bare chain is the price of its own logic.
+
+--baseline DIR adds another criproxy source tree (e.g. `git archive` of an
+older commit, unpacked in DIR) to the same rounds, as `criproxy@base`: a
+before/after comparison that machine drift cannot skew. --spans adds a
+criproxy exporting its spans (-otlpEndpoint) to a receiver in this process.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -26,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -137,6 +145,22 @@ def _wait_for(socket: Path, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def _proxies(bench: Any, runtime: str, args: argparse.Namespace,
+             stack: contextlib.ExitStack) -> tuple[dict[str, Any], Any]:
+    """criproxy, and the variants asked for: an older tree, spans on (and their receiver)."""
+    proxies, receiver = {}, None
+    if args.baseline:
+        proxies["criproxy@base"] = bench.proxy("b", runtime, ["primary"],
+                                               repo=args.baseline.resolve())
+    proxies["criproxy"] = bench.proxy("p", runtime, ["primary"])
+    if args.spans:
+        from tests.otlpreceiver import OtlpReceiver
+        receiver = stack.enter_context(OtlpReceiver(bench.base / "otlp.sock", keep=False))
+        proxies["criproxy+spans"] = bench.proxy("s", runtime, ["primary"],
+                                                "-otlpEndpoint", receiver.endpoint)
+    return proxies, receiver
+
+
 def main() -> None:
     import run
 
@@ -144,6 +168,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another criproxy tree to measure too")
+    parser.add_argument("--spans", action="store_true", help="measure spans on too")
     parser.add_argument("--role", choices=("front", "worker"), help=argparse.SUPPRESS)
     parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -156,22 +182,24 @@ def main() -> None:
 
     bench = run.Bench(run.parse_args([]), run.short_dir("flr-"))
     bare: list[subprocess.Popen] = []
+    stack = contextlib.ExitStack()
     try:
         fake = bench.fake("a")
         endpoint, listen = f"ipc://{bench.base}/bare.ipc", str(bench.base / "bare.sock")
         for role, addresses in (("worker", [endpoint, str(fake.socket)]),
                                 ("front", [listen, endpoint])):
             bare.append(subprocess.Popen([sys.executable, __file__, "--role", role, *addresses]))
-        proxy = bench.proxy("p", str(fake.socket), ["primary"])
+        proxies, receiver = _proxies(bench, str(fake.socket), args, stack)
         _wait_for(Path(listen))
         paths = {
             "direct": (run.target(fake.socket), {}),
             "bare chain": (run.target(listen), {"front": bare[1].pid, "worker": bare[0].pid}),
-            "criproxy": (run.target(proxy.listen), {"front": proxy.front_pid(),
-                                                    "worker": proxy.worker_pid("primary")}),
         }
+        for name, each in proxies.items():
+            paths[name] = (run.target(each.listen), {"front": each.front_pid(),
+                                                     "worker": each.worker_pid("primary")})
         print("Version calls to the fake runtime; CPU is per call, in the proxy's processes")
-        print(f"{'clients':>7}  {'path':10}  {'calls/s':>7}  {'p50 ms':>6}  {'+p50 ms':>7}  "
+        print(f"{'clients':>7}  {'path':14}  {'calls/s':>7}  {'p50 ms':>6}  {'+p50 ms':>7}  "
               f"{'front us':>8}  {'worker us':>9}")
         for clients in (int(c) for c in args.clients.split(",")):
             rounds: dict[str, list[dict]] = {name: [] for name in paths}
@@ -181,15 +209,18 @@ def main() -> None:
             direct_p50 = _median(rounds["direct"], "p50_ms")
             for name, results in rounds.items():
                 p50 = _median(results, "p50_ms")
-                print(f"{clients:>7}  {name:10}  {_median(results, 'calls_per_s'):7.0f}  "
+                print(f"{clients:>7}  {name:14}  {_median(results, 'calls_per_s'):7.0f}  "
                       f"{p50:6.2f}  {p50 - direct_p50:+7.2f}  "
                       f"{_median(results, 'front'):8.0f}  {_median(results, 'worker'):9.0f}",
                       flush=True)
+        if receiver is not None:
+            print(f"spans received from criproxy+spans: {receiver.count}")
     finally:
         for proc in bare:
             proc.kill()
             proc.wait()
         bench.close()
+        stack.close()
 
 
 if __name__ == "__main__":

@@ -101,11 +101,12 @@ class Bench:
             time.sleep(0.02)
         return fake
 
-    def proxy(self, tag: str, connect: str, labels: list[str]) -> Proxy:
+    def proxy(self, tag: str, connect: str, labels: list[str], *extra: str,
+              repo: Path = REPO) -> Proxy:
         workdir = self.base / f"px-{tag}"
         workdir.mkdir()
-        proxy = start_proxy(connect, *self.args.proxy_args.split(), workdir=workdir,
-                            wait_for=labels, verbosity=self.args.verbosity)
+        proxy = start_proxy(connect, *self.args.proxy_args.split(), *extra, workdir=workdir,
+                            wait_for=labels, verbosity=self.args.verbosity, repo=repo)
         self.proxies.append(proxy)
         return proxy
 

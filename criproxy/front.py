@@ -22,10 +22,10 @@ import zmq
 from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from criproxy import logs, metrics, podrecord
+from criproxy import logs, metrics, podrecord, tracecontext
 from criproxy.dispatch import Dispatcher, routed_to
-from criproxy.routing import METHODS, Method, Rule
 from criproxy.instance import refuse_live_socket
+from criproxy.routing import METHODS, Method, Rule
 from criproxy.settings import Config, ConfigError
 from criproxy.workerlink import CallError, WorkerLink
 
@@ -48,8 +48,9 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class RoutingHandler(grpc.GenericRpcHandler):
     """Serves every method of the routing table with raw (undecoded) bytes."""
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, tracer: tracecontext.Tracer | None = None) -> None:
         self.dispatcher = dispatcher
+        self.tracer = tracer
         # Built once: grpc asks for a handler on every call.
         self._handlers = {path: self._handler(method) for path, method in METHODS.items()}
 
@@ -70,6 +71,7 @@ class RoutingHandler(grpc.GenericRpcHandler):
         started = time.monotonic()
         routed: list[str] = []
         routed_to.set(routed)
+        span = tracecontext.received(self.tracer, method.path, context.invocation_metadata())
         code = grpc.StatusCode.UNKNOWN  # what grpc answers for an unexpected exception
         failure: CallError | None = None
         metrics.request_started()
@@ -84,6 +86,7 @@ class RoutingHandler(grpc.GenericRpcHandler):
         finally:
             # Counted before kubelet gets the answer, so a scrape after it sees it.
             metrics.request_done(method.name, routed, code, time.monotonic() - started)
+            span.finish(code, failure.message if failure else "", routed)
         if failure is not None:
             _log_failure(method, failure, started, raw)
             await context.abort(failure.code, failure.message)
@@ -94,16 +97,21 @@ class RoutingHandler(grpc.GenericRpcHandler):
                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         started = time.monotonic()
         routed_to.set([])
+        span = tracecontext.received(self.tracer, method.path, context.invocation_metadata())
         if logs.enabled(method.route.log_level):
             log.info("%s: subscriber joined", method.name)
         metrics.subscriber_joined()
+        outcome = (grpc.StatusCode.CANCELLED, "the subscriber went away")
         try:
             async for item in self.dispatcher.stream_merge(method, raw):
                 yield item
+            outcome = (grpc.StatusCode.OK, "")
         except CallError as err:
+            outcome = (err.code, err.message)
             _log_failure(method, err, started, raw)
             await context.abort(err.code, err.message)
         finally:
+            span.finish(*outcome)
             metrics.subscriber_left()
             if logs.enabled(method.route.log_level):
                 log.info("%s: subscriber left after %.1fs", method.name,
@@ -170,8 +178,9 @@ class Front:
         # UNIMPLEMENTED: handlers are consulted in the order they were added.
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.tracer = tracecontext.load_tracer(config.otlp_endpoint, "front")
         self.dispatcher = Dispatcher(config, self.links)
-        self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher)])
+        self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher, self.tracer)])
         self._health_changed = asyncio.Event()
         for link in self.links.values():
             link.on_state_change = lambda _link: self._health_changed.set()
@@ -222,6 +231,8 @@ class Front:
         await self.metrics.close()
         for link in self.links.values():
             await link.close()
+        if self.tracer is not None:
+            self.tracer.close()
         self.ctx.destroy(linger=0)
         for path in (Path(self.config.listen), self.config.status_file):
             path.unlink(missing_ok=True)

@@ -8,11 +8,16 @@ guarded by the runtime dir's mode (0700).
 Every message is one ZeroMQ frame holding one msgpack map. `t` is its type.
 
 Front → worker:
-  call    {t, id, m, b, d}  unary call: request id (int, never reused by a
-                            front: random 48-bit base + counter), full gRPC
-                            method path, request bytes (forwarded undecoded),
-                            deadline as seconds remaining (float) or nil.
-  stream  {t, id, m, b, d}  same, for a server-streaming call.
+  call    {t, id, m, b, d, [tc]}  unary call: request id (int, never reused
+                                  by a front: random 48-bit base + counter),
+                                  full gRPC method path, request bytes
+                                  (forwarded undecoded), deadline as seconds
+                                  remaining (float) or nil; optional tc: the
+                                  call's W3C trace context, {"traceparent": str
+                                  [, "tracestate": str]}, which the worker
+                                  checks again and sends to the runtime as gRPC
+                                  metadata (see tracecontext.py).
+  stream  {t, id, m, b, d, [tc]}  same, for a server-streaming call.
   cancel  {t, id}           the caller went away; cancel that call/stream.
   ping    {t}               heartbeat, sent every `-heartbeat` seconds.
 
@@ -68,7 +73,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "id": int, "m": str, "b": bytes, "d": (int, float, type(None)), "inc": str, "c": int,
-    "s": str, "pid": int, "st": str,
+    "s": str, "pid": int, "st": str, "tc": dict,
 }
 
 

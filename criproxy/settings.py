@@ -186,6 +186,19 @@ def _metrics_address(value: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def _otlp_endpoint(value: str) -> str:
+    """An OTLP/gRPC collector: `host:port`, `http://host:port`, `unix:/path`, or
+    `off`/empty (returned as ""). Plain text only: collectors run on the node."""
+    value = value.strip()
+    if value.startswith("https://"):
+        raise ValueError("TLS is not supported: name a collector on the node, "
+                         "host:port or unix:/path")
+    address = _metrics_address(value.removeprefix("http://").rstrip("/"))
+    if address.endswith(":0") and not address.startswith("unix:"):
+        raise ValueError("port must be 1..65535")
+    return address
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -237,6 +250,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_address", "-metricsAddress", "127.0.0.1:9610", _metrics_address,
             "where the front serves Prometheus metrics: host:port (port 0: any free "
             "port), unix:/path, or off"),
+    Setting("otlp_endpoint", "-otlpEndpoint", "", _otlp_endpoint,
+            "OTLP/gRPC collector to export criproxy's own trace spans to: host:port, "
+            "unix:/path, or off (the trace context reaches the runtimes either way)"),
 )
 
 
@@ -258,6 +274,7 @@ class Config:
     drain: float
     socket_group: str
     metrics_address: str
+    otlp_endpoint: str
 
     def __post_init__(self) -> None:
         names = {r.name for r in self.connect}

@@ -17,7 +17,7 @@ import grpc
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from criproxy import protocol
+from criproxy import protocol, tracecontext
 from criproxy.protocol import RuntimeState
 from criproxy.settings import Config, Runtime
 from criproxy.zmqloop import LoopSocket
@@ -335,8 +335,8 @@ class WorkerLink:
             await self._wait_first_start(timeout)
             if timeout is not None:
                 timeout = max(timeout - (time.monotonic() - started), 0.001)
-        request_id, pending = self._send(
-            {"t": protocol.CALL, "m": method, "b": body, "d": timeout}, stream=False)
+        request_id, pending = self._send(tracecontext.attach(
+            {"t": protocol.CALL, "m": method, "b": body, "d": timeout}), stream=False)
         if timeout is not None:
             # A timer on the future itself: asyncio.wait_for would add a task per call.
             pending.deadline = asyncio.get_running_loop().call_later(
@@ -348,8 +348,8 @@ class WorkerLink:
 
     async def stream(self, method: str, body: bytes) -> AsyncIterator[bytes]:
         """A server stream; ends normally, or raises CallError."""
-        request_id, pending = self._send(
-            {"t": protocol.STREAM, "m": method, "b": body, "d": None}, stream=True)
+        request_id, pending = self._send(tracecontext.attach(
+            {"t": protocol.STREAM, "m": method, "b": body, "d": None}), stream=True)
         assert pending.items is not None
         try:
             while True:

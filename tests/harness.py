@@ -120,8 +120,11 @@ class Proxy:
 
 
 def start_proxy(connect: str, *extra: str, workdir: Path | None = None,
-                wait_for: list[str] | None = None, verbosity: int = 2) -> Proxy:
-    """Start `criproxy` exactly as an operator would, in a private directory."""
+                wait_for: list[str] | None = None, verbosity: int = 2,
+                repo: Path = REPO) -> Proxy:
+    """Start `criproxy` exactly as an operator would, in a private directory.
+
+    `repo`: the source tree to run (another checkout: benchmarks compare two)."""
     workdir = workdir or short_dir("cp-")
     log_path = workdir / "criproxy.log"
     command = [sys.executable, "-m", "criproxy", "-connect", connect,
@@ -130,7 +133,7 @@ def start_proxy(connect: str, *extra: str, workdir: Path | None = None,
                # Any free port: parallel proxies must not fight over the default one.
                "-metricsAddress", "127.0.0.1:0", *extra]
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen(command, cwd=repo, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)
     proxy = Proxy(workdir, proc, log_path)
     if wait_for is not None:

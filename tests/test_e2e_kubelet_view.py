@@ -25,11 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
 
-from tests.harness import start_proxy
+from tests.harness import Proxy, start_proxy
 from tests.relister import UID_LABEL, Relister, longest_failure, partial, summary
 from tests.test_e2e_containerd import (
     B, CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, TARGET_RUNTIME, Cri, Node, Pod, bare_id,
@@ -47,29 +46,33 @@ B_LABEL = B                       # B's label in criproxy's status
 FAILURES_END_WITHIN = 8.0
 
 
+def start_criproxy(base: Path, info: dict) -> Proxy:
+    a, b = info["instances"]["a"], info["instances"]["b"]
+    return start_proxy(f"{a['socket']},{B}:unix://{b['socket']}",
+                       "-streamUrl", STREAM_URL, "-listBudget", str(LIST_BUDGET),
+                       "-runtimeHandlers", f"{HANDLER}={B}:",
+                       workdir=base / "px", wait_for=["primary", B_LABEL])
+
+
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """The two containerds behind a criproxy that maps `althandler` to B."""
     base = Path(tempfile.mkdtemp(prefix="e2ek-", dir="/tmp"))
     (base / "px").mkdir()
-    proxy = None
-    channels: list[grpc.Channel] = []
+    started: Node | None = None
     try:
         info = runtimes.up(base / "rt")
-        a, b = info["instances"]["a"], info["instances"]["b"]
-        proxy = start_proxy(f"{a['socket']},{B}:unix://{b['socket']}",
-                            "-streamUrl", STREAM_URL, "-listBudget", str(LIST_BUDGET),
-                            "-runtimeHandlers", f"{HANDLER}={B}:",
-                            workdir=base / "px", wait_for=["primary", B_LABEL])
-        via = Cri.connect(f"unix://{proxy.listen}")
-        direct = {PRIMARY: Cri.connect(a["endpoint"]), B: Cri.connect(b["endpoint"])}
-        channels = [via.channel, *(c.channel for c in direct.values())]
-        yield Node(base, info, proxy, via, direct, base / "logs")
+        proxy = start_criproxy(base, info)
+        direct = {PRIMARY: Cri.connect(info["instances"]["a"]["endpoint"]),
+                  B: Cri.connect(info["instances"]["b"]["endpoint"])}
+        started = Node(base, info, proxy, Cri.connect(f"unix://{proxy.listen}"), direct,
+                       base / "logs")
+        yield started
     finally:
-        for channel in channels:
-            channel.close()
-        if proxy is not None:
-            proxy.stop()
+        if started is not None:  # a test may have restarted criproxy: close what is current
+            for cri in (started.via, *started.direct.values()):
+                cri.channel.close()
+            started.proxy.stop()
         runtimes.down(base / "rt")
         remove_cgroups(f"/criproxy-{base.name}")
         if not os.environ.get("CRIPROXY_E2E_KEEP"):
@@ -190,12 +193,22 @@ def kill_b_worker(node: Node) -> None:
     node.proxy.wait_state(B_LABEL, "up", timeout=60)
 
 
+def freeze_b_containerd(node: Node) -> None:
+    """SIGSTOP B's containerd for longer than -listBudget: hung, not down."""
+    pid = node.instance(B)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(LIST_BUDGET + 3.0)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def relisted_ok_after(relister: Relister, since: float) -> bool:
     return any(r.at > since and not r.error for r in list(relister.relists))
 
 
-@pytest.mark.parametrize("fault", [restart_b_containerd, kill_b_worker],
-                         ids=["containerd-restart", "worker-sigkill"])
+@pytest.mark.parametrize("fault", [restart_b_containerd, kill_b_worker, freeze_b_containerd],
+                         ids=["containerd-restart", "worker-sigkill", "containerd-frozen"])
 def test_no_relist_lacks_running_pods_while_the_alt_runtime_is_in_trouble(
         node: Node, fault: Callable[[Node], None]) -> None:
     with pods(node) as made:
@@ -225,8 +238,8 @@ def test_no_relist_lacks_running_pods_while_the_alt_runtime_is_in_trouble(
         assert not partial(relists), report
         assert longest_failure(relists) < FAILURES_END_WITHIN, report
         assert not relists[-1].error, report
-        if fault is restart_b_containerd:
-            # B's containerd was down for seconds: its pods came from its last answer.
+        if fault is not kill_b_worker:
+            # B's containerd was down or hung for seconds: its pods came from its last answer.
             assert any(not r.error for r in during), report
         # B's containers ran on through it all, and B answers through criproxy again.
         for cid in containers:
@@ -246,13 +259,35 @@ def image_on(node: Node, runtime: str, name: str) -> pb.Image | None:
     return answer.image if answer.HasField("image") else None
 
 
-def test_a_handler_placed_pods_image_follows_it_through_kubelets_sequence(node: Node) -> None:
+def restart_criproxy(node: Node, lose_records: bool) -> None:
+    """Stop criproxy and start it again on the same socket and runtime dir, as an upgrade
+    or `systemctl restart` does; `lose_records` also deletes the pod record files, so
+    what criproxy knows of the pods comes from the runtimes' own answers."""
+    node.proxy.stop()
+    if lose_records:
+        records = list(node.proxy.rundir.glob("last-answers-*"))
+        assert records, f"no record files in {node.proxy.rundir}"
+        for path in records:
+            path.unlink()
+    node.via.channel.close()
+    node.proxy = start_criproxy(node.base, node.info)
+    node.via = Cri.connect(f"unix://{node.proxy.listen}")
+    wait_for("Version through the restarted criproxy", lambda: node.via.runtime.Version(
+        pb.VersionRequest(), timeout=5).version, timeout=30)
+
+
+@pytest.mark.parametrize("restart", [None, "keep-records", "lose-records"],
+                         ids=["no-restart", "restart", "restart-losing-records"])
+def test_a_handler_placed_pods_image_follows_it_through_kubelets_sequence(
+        node: Node, restart: str | None) -> None:
     name = node.info["registry"]["images"]["busybox"]  # served by the registry, never imported
     assert image_on(node, PRIMARY, name) is None and image_on(node, B, name) is None
     with pods(node) as made:
         # 1. RunPodSandbox with the handler.
         pod = run_kubelet_pod(node, made, B, "images")
         assert pod.id.startswith(f"{B}__")
+        if restart is not None:  # criproxy restarts before kubelet's image calls come
+            restart_criproxy(node, lose_records=restart == "lose-records")
         annotations = dict(pod.config.annotations)
         spec = pb.ImageSpec(image=name, annotations=annotations)
 

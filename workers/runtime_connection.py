@@ -21,6 +21,8 @@ from criproxy.settings import Runtime
 
 log = logging.getLogger("criproxy.worker")
 
+Metadata = tuple[tuple[str, str], ...]
+
 MAX_MESSAGE = 64 * 1024 * 1024
 # Reconnect quickly after a runtime restart: gRPC's default backoff grows to
 # two minutes, which would keep a restarted runtime unused for that long.
@@ -112,18 +114,21 @@ class RuntimeConnection:
                              f"runtime {self.runtime.label} ({self.runtime.socket}) is "
                              f"{self.state.value}: {self.reason}")
 
-    async def call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+    async def call(self, method: str, body: bytes, timeout: float | None,
+                   metadata: Metadata | None = None) -> bytes:
+        """`metadata`: the call's trace context (tracecontext.py), nothing else."""
         self._check_up()
-        return await self._raw_call(self._path(method), body, timeout)
+        return await self._raw_call(self._path(method), body, timeout, metadata)
 
-    async def _raw_call(self, method: str, body: bytes, timeout: float | None) -> bytes:
+    async def _raw_call(self, method: str, body: bytes, timeout: float | None,
+                        metadata: Metadata | None = None) -> bytes:
         callable_ = self._unary.get(method)
         if callable_ is None:
             callable_ = self._channel.unary_unary(method)
             if len(self._unary) < _CACHED_METHODS:
                 self._unary[method] = callable_
         try:
-            return await callable_(body, timeout=timeout)
+            return await callable_(body, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as err:
             raise await self._failed(err) from None
 
@@ -148,10 +153,11 @@ class RuntimeConnection:
             return True
         return self._channel.get_state() == ready
 
-    async def stream(self, method: str, body: bytes,
-                     timeout: float | None) -> AsyncIterator[bytes]:
+    async def stream(self, method: str, body: bytes, timeout: float | None,
+                     metadata: Metadata | None = None) -> AsyncIterator[bytes]:
         self._check_up()
-        call = self._channel.unary_stream(self._path(method))(body, timeout=timeout)
+        call = self._channel.unary_stream(self._path(method))(body, timeout=timeout,
+                                                              metadata=metadata)
         try:
             async for item in call:
                 yield item

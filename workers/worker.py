@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import zmq
 
-from criproxy import protocol
+from criproxy import protocol, tracecontext
 from criproxy.settings import Config, Runtime
 from criproxy.zmqloop import LoopSocket
 from workers.runtime_connection import CallFailed, RuntimeConnection
@@ -32,6 +32,7 @@ class Worker:
         self.incarnation = secrets.token_hex(8)
         self.started = time.monotonic()
         self.connection = RuntimeConnection(runtime)
+        self.tracer = tracecontext.load_tracer(config.otlp_endpoint, "worker", runtime.label)
         self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self._stop = asyncio.Event()
         self._ctx = zmq.Context()
@@ -68,6 +69,8 @@ class Worker:
             task.cancel()
         await asyncio.gather(watcher, *self._tasks.values(), return_exceptions=True)
         await self.connection.close()
+        if self.tracer is not None:
+            self.tracer.close()
         self._ctx.destroy(linger=0)
         if os.path.exists(self.socket_path):
             os.unlink(self.socket_path)
@@ -125,10 +128,16 @@ class Worker:
         return {"t": protocol.ERROR, "id": request_id, "inc": self.incarnation,
                 "c": code.value[0], "s": text}
 
+    def _span(self, message: dict[str, Any]) -> tracecontext.Span:
+        """This worker's span of a call, or the front's trace context passing through."""
+        return tracecontext.begin(self.tracer, message["m"], tracecontext.from_envelope(message))
+
     async def _serve_call(self, peer: bytes, message: dict[str, Any]) -> None:
         request_id = message["id"]
         try:
-            body = await self.connection.call(message["m"], message["b"], message.get("d"))
+            with self._span(message) as span:
+                body = await self.connection.call(message["m"], message["b"], message.get("d"),
+                                                  span.metadata)
         except CallFailed as err:
             self._send(peer, self._error(request_id, err.code, err.message))
             return
@@ -142,9 +151,11 @@ class Worker:
     async def _serve_stream(self, peer: bytes, message: dict[str, Any]) -> None:
         request_id = message["id"]
         try:
-            async for item in self.connection.stream(message["m"], message["b"], message.get("d")):
-                self._send(peer, {"t": protocol.ITEM, "id": request_id,
-                                  "inc": self.incarnation, "b": item})
+            with self._span(message) as span:
+                async for item in self.connection.stream(message["m"], message["b"],
+                                                         message.get("d"), span.metadata):
+                    self._send(peer, {"t": protocol.ITEM, "id": request_id,
+                                      "inc": self.incarnation, "b": item})
         except CallFailed as err:
             self._send(peer, self._error(request_id, err.code, err.message))
             return
