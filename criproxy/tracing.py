@@ -28,25 +28,21 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from criproxy.tracecontext import Carried
+from criproxy.tracecontext import Carried, Passthrough
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Bounds how long a stopping process may spend on a collector that does not answer.
 _EXPORT_TIMEOUT = 3.0
 
 
-class CallSpan:
+class CallSpan(Passthrough):
     """One span of criproxy's; `carried` names it as the parent of what follows."""
 
-    __slots__ = ("_span", "carried")
+    __slots__ = ("_span",)
 
     def __init__(self, span: trace.Span, context: Optional[Carried]) -> None:
+        super().__init__(context)
         self._span = span
-        self.carried = context
-
-    @property
-    def metadata(self) -> Optional[tuple[tuple[str, str], ...]]:
-        return tuple(self.carried.items()) if self.carried else None
 
     def finish(self, code: grpc.StatusCode, message: str = "",
                runtimes: Iterable[str] = ()) -> None:
