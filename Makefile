@@ -25,9 +25,10 @@ test: venv
 bench: venv
 	$(VPY) bench/run.py
 
-# dist/criproxy_<version>_<arch>.deb, built with Debian's own python3 (packaging/deb/).
+# $(DIST)/criproxy_<version>_<arch>.deb, built with Debian's own python3 (packaging/deb/).
+DIST ?= dist
 deb:
-	/usr/bin/python3 packaging/deb/build.py --out dist
+	/usr/bin/python3 packaging/deb/build.py --out $(DIST)
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist
