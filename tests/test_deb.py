@@ -51,6 +51,7 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # no pyenv, no venv: Debian's pyt
 # Tools the tests (and the build) use -> the Debian package that has them.
 TOOLS = {"dpkg-shlibdeps": "dpkg-dev", "strip": "binutils", "lintian": "lintian",
          "systemd-analyze": "systemd", "man": "man-db", "make": "make"}
+TEST_LOCK = Path("/run/lock/criproxy-test-deb.lock")  # one user of dpkg -i criproxy at a time
 LOCK_TIMEOUT = 900.0
 CALL_TIMEOUT = 30
 
@@ -140,7 +141,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def installed(deb: Path) -> Iterator[Path]:
     """The package installed by `dpkg -i` alone; purged at the end whatever happened."""
-    with locked(Path("/run/lock/criproxy-test-deb.lock")):
+    with locked(TEST_LOCK):
         if package_status():
             pytest.fail(f"a criproxy package is on this machine already "
                         f"({package_status()}); these tests install and purge their own")
