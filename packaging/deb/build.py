@@ -13,6 +13,7 @@ libraries the dependencies' compiled modules need.
 from __future__ import annotations
 
 import argparse
+import datetime
 import email.utils
 import gzip
 import hashlib
@@ -168,7 +169,7 @@ def install_files(root: Path, man: bytes) -> None:
     install_file(root, "usr/share/man/man1/criproxy.1.gz", man)
     install_file(root, ENV_FILE, (HERE / "criproxy.env").read_text())
     (root / "usr/bin").mkdir(parents=True)
-    (root / "usr/bin/criproxy").symlink_to(f"../lib/criproxy/bin/criproxy")
+    (root / "usr/bin/criproxy").symlink_to("../lib/criproxy/bin/criproxy")
     doc = "usr/share/doc/criproxy"
     install_file(root, f"{doc}/copyright", (HERE / "copyright").read_text())
     changelog = (HERE / "changelog").read_bytes()
@@ -177,7 +178,7 @@ def install_files(root: Path, man: bytes) -> None:
                  (HERE / "lintian-overrides").read_text())
 
 
-def release_date():
+def release_date() -> datetime.datetime:
     """The newest changelog entry's date, on its trailer line ` -- NAME <MAIL>  DATE`."""
     trailer = next(line for line in (HERE / "changelog").read_text().splitlines()
                    if line.startswith(" -- "))
@@ -207,7 +208,8 @@ def library_depends(root: Path, work: Path) -> str:
 
 def installed_size(root: Path) -> int:
     """In KiB, as dpkg counts it (each file rounded up)."""
-    sizes = (p.lstat().st_size for p in root.rglob("*") if "DEBIAN" not in p.parts)
+    sizes = (p.lstat().st_size for p in root.rglob("*")
+             if "DEBIAN" not in p.relative_to(root).parts)
     return sum((size + 1023) // 1024 for size in sizes) or 1
 
 
