@@ -86,6 +86,7 @@ def ensure_tools() -> None:
 @contextlib.contextmanager
 def locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold an fcntl lock on `path`, waiting (bounded) while someone else holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         deadline = time.monotonic() + timeout
         while True:
@@ -145,6 +146,9 @@ def installed(deb: Path) -> Iterator[Path]:
         if package_status():
             pytest.fail(f"a criproxy package is on this machine already "
                         f"({package_status()}); these tests install and purge their own")
+        left = [str(p) for p in (DEFAULT_RUNDIR, DROP_IN, ENV_FILE.parent) if p.exists()]
+        if left:
+            pytest.fail(f"left from an earlier criproxy on this machine: {left}")
         try:
             dpkg("-i", str(deb))
             yield deb
