@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,5 +25,10 @@ test: venv
 bench: venv
 	$(VPY) bench/run.py
 
+# $(DIST)/criproxy_<version>_<arch>.deb, built with Debian's own python3 (packaging/deb/).
+DIST ?= dist
+deb:
+	/usr/bin/python3 packaging/deb/build.py --out $(DIST)
+
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build dist

@@ -35,17 +35,18 @@ def memory_kb(pid: int) -> tuple[int, int]:
 
 
 def role(pid: int, root: int) -> str:
-    """What a criproxy process is: supervisord, front or worker-N."""
+    """What a criproxy process is: supervisord, front or worker-LABEL (its process title)."""
     if pid == root:
         return "supervisord"
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return f"pid {pid}"
-    if "front" in argv:
+    words = argv[0].split()
+    if words[:2] == ["criproxy:", "front"]:
         return "front"
-    if "--runtime-index" in argv:
-        return "worker-" + argv[argv.index("--runtime-index") + 1]
+    if words[:2] == ["criproxy:", "worker"]:
+        return "worker-" + words[2]
     return " ".join(a for a in argv if a)[:40]
 
 

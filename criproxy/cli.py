@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from importlib import metadata
 
-from criproxy import install, logs, status
+from criproxy import install, logs, proctitle, status
 from criproxy.lifeline import die_with_parent
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, config_from_args,
                                load_settings_file, report_boot_failure)
@@ -37,6 +38,7 @@ def front(argv: list[str]) -> int:
     except ConfigError as err:
         return report_boot_failure(args.settings, "criproxy front", err)
     logs.setup("front", config.verbosity)
+    proctitle.show_front(config)
     try:
         asyncio.run(Front.serve(config))
     except ConfigError as err:  # e.g. the listen socket cannot be made
@@ -49,8 +51,13 @@ def run_doctor(argv: list[str]) -> int:
     return doctor.main(argv)
 
 
+def print_version(argv: list[str]) -> int:
+    print(f"criproxy {metadata.version('criproxy')}")
+    return 0
+
+
 SUBCOMMANDS = {"front": front, "status": status.main, "install-systemd": install.main,
-               "doctor": run_doctor}
+               "doctor": run_doctor, "--version": print_version, "-version": print_version}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from criproxy.settings import EXIT_CONFIG_ERROR, ConfigError, config_from_args
 
 UNIT = "etc/systemd/system/criproxy.service"
+PACKAGED_UNIT = "lib/systemd/system/criproxy.service"  # the .deb's, which runs /usr/bin/criproxy
 KUBELET_DROP_IN = "etc/systemd/system/kubelet.service.d/20-criproxy.conf"
 ENV_FILE = "etc/criproxy/criproxy.env"
 
@@ -36,8 +37,10 @@ def install(root: Path, flags: list[str], executable: str) -> list[Path]:
     unit = _template("criproxy.service").replace("/usr/local/bin/criproxy", executable)
     drop_in = _template("kubelet-criproxy.conf").replace("@LISTEN@", config.listen)
     env = f"CRIPROXY_FLAGS={shlex.quote(shlex.join(flags))}\n"
-    return [_write(root, UNIT, unit), _write(root, KUBELET_DROP_IN, drop_in),
-            _write(root, ENV_FILE, env)]
+    written = [_write(root, KUBELET_DROP_IN, drop_in), _write(root, ENV_FILE, env)]
+    if not (root / PACKAGED_UNIT).exists():  # else a copy in /etc would hide its upgrades
+        written.insert(0, _write(root, UNIT, unit))
+    return written
 
 
 def main(argv: list[str]) -> int:

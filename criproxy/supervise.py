@@ -13,6 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from criproxy import proctitle
 from criproxy.instance import hold_rundir, refuse_live_socket
 from criproxy.settings import BOOT_FAILURE_FILE, EXIT_CONFIG_ERROR, Config, ConfigError, to_values
 # A crash-looping program is retried this long after supervisord gives up on it.
@@ -63,6 +64,7 @@ def run_supervised(config: Config) -> int:
     """Run supervisord in the foreground; it handles SIGTERM/SIGINT itself."""
     from supervisor import supervisord
     conf = write_runtime_files(config)
+    proctitle.show_supervisor(config)
     supervisord.main(args=["-n", "-c", str(conf)])
     return _exit_code(Path(config.rundir))
 

@@ -33,3 +33,14 @@ def test_install_refuses_bad_flags(tmp_path: Path) -> None:
     proc = _install(tmp_path, "-connect", "/a,/b")
     assert proc.returncode == 2 and "'/b'" in proc.stderr
     assert not (tmp_path / "etc").exists()
+
+
+def test_install_leaves_the_packaged_unit_alone(tmp_path: Path) -> None:
+    """With the .deb's unit in /lib, a copy in /etc would hide the package's upgrades."""
+    packaged = tmp_path / "lib/systemd/system/criproxy.service"
+    packaged.parent.mkdir(parents=True)
+    packaged.write_text("[Service]\nExecStart=/usr/bin/criproxy $CRIPROXY_FLAGS\n")
+    assert _install(tmp_path, "-connect", "/run/containerd/containerd.sock").returncode == 0
+    assert not (tmp_path / "etc/systemd/system/criproxy.service").exists()
+    assert (tmp_path / "etc/systemd/system/kubelet.service.d/20-criproxy.conf").exists()
+    assert (tmp_path / "etc/criproxy/criproxy.env").exists()

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import sys
 
-from criproxy import logs
+from criproxy import logs, proctitle
 from criproxy.lifeline import die_with_parent
 from criproxy.settings import ConfigError, load_settings_file, report_boot_failure
 from workers.worker import Worker
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return report_boot_failure(args.settings, "criproxy worker", err)
     logs.setup(f"worker-{runtime.label}", config.verbosity)
+    proctitle.show_worker(config, runtime)
     asyncio.run(Worker.serve(config, runtime))
     return 0
 
