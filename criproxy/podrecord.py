@@ -68,8 +68,10 @@ class RuntimeRecord:
         self.answers: dict[str, Answer] = {}
         self.changes: list[tuple[int, Change]] = []
         self.seq = 0
-        self.serving_last = False    # its Lists come from here now
-        self.expired = False         # ... or would, but the answer is too old
+        # The Lists (by method) answered from here now, and those that would be
+        # but for the answer's age: each logged once when it starts and stops.
+        self.serving_last: set[str] = set()
+        self.expired: set[str] = set()
         self._view: View | None = None
 
     def fresh(self, method: str, raw: bytes, sent_seq: int) -> bool:
@@ -144,10 +146,11 @@ class PodRecord:
         if method not in LISTS or request.filter.ByteSize():  # type: ignore[attr-defined]
             return
         record = self.runtimes[runtime]
-        if record.serving_last or record.expired:
-            log.warning("runtime %s answers %s again; Lists no longer come from its "
+        if method in record.serving_last or method in record.expired:
+            log.warning("runtime %s answers %s again; it no longer comes from its "
                         "last answer", record.runtime.label, method)
-            record.serving_last = record.expired = False
+            record.serving_last.discard(method)
+            record.expired.discard(method)
         if record.fresh(method, raw, sent_seq) or \
                 time.monotonic() - self._saved_at[runtime] > _REFRESH_FILE_EVERY:
             self._save_soon(runtime)
@@ -171,19 +174,20 @@ class PodRecord:
         if age > self.config.stale_for:
             self._note_expired(record, method, age)
             return None
-        if not record.serving_last:
+        if method not in record.serving_last:
             log.warning("runtime %s cannot answer %s; answering from its last answer "
                         "(%.1fs old) until it does", record.runtime.label, method, age)
-            record.serving_last = True
+            record.serving_last.add(method)
         metrics.last_answer_served(record.runtime.label, method)
         return _selected(record.view(), method, request)
 
     def _note_expired(self, record: RuntimeRecord, method: str, age: float) -> None:
-        if not record.expired:
+        if method not in record.expired:
             log.warning("runtime %s: its last %s answer is %.0fs old, more than -staleFor "
                         "%gs: answering without it", record.runtime.label, method, age,
                         self.config.stale_for)
-            record.expired, record.serving_last = True, False
+            record.expired.add(method)
+            record.serving_last.discard(method)
 
     def pod_runtime(self, matches: Callable[[v1.PodSandbox], bool]) -> str | None:
         """The runtime of the newest sandbox that `matches`, among pods placed by a
@@ -205,7 +209,8 @@ class PodRecord:
     def snapshot(self, runtime: str) -> dict[str, Any]:
         """For `criproxy status`."""
         record = self.runtimes[runtime]
-        return {"serving_last_answer": record.serving_last, "last_answer_expired": record.expired,
+        return {"serving_last_answer": bool(record.serving_last),
+                "last_answer_expired": bool(record.expired),
                 "last_answer_age": record.age(time.time())}
 
     # --- the record files --------------------------------------------------------

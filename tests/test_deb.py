@@ -311,6 +311,12 @@ def test_dpkg_i_installs_without_taking_over(installed: Path) -> None:
     assert list(PRIVATE.rglob("criproxy/__pycache__/cli.*.pyc"))
 
 
+def test_the_package_ships_the_alert_rules_and_dashboard(installed: Path) -> None:
+    shipped = Path("/usr/share/criproxy")
+    for name in ("prometheus/criproxy-alerts.yaml", "grafana/criproxy.json"):
+        assert (shipped / name).read_text() == (REPO / "deploy" / name).read_text()
+
+
 def test_installed_criproxy_runs_on_debians_python_alone(installed: Path) -> None:
     proc = subprocess.run(["criproxy", "--version"], env={"PATH": SYSTEM_PATH}, cwd="/",
                           capture_output=True, text=True, timeout=60)

@@ -161,6 +161,10 @@ def manual_page(venv: Path, version: str) -> bytes:
     return gzip.compress(page.encode(), 9, mtime=0)
 
 
+# Alert rules and the dashboard, for operators to load (README "Alerts and dashboard").
+MONITORING = ("prometheus/criproxy-alerts.yaml", "grafana/criproxy.json")
+
+
 def install_files(root: Path, man: bytes) -> None:
     unit = (REPO / "criproxy" / "criproxy.service").read_text()
     unit = unit.replace("/usr/local/bin/criproxy", "/usr/bin/criproxy")
@@ -176,6 +180,9 @@ def install_files(root: Path, man: bytes) -> None:
     install_file(root, f"{doc}/changelog.gz", gzip.compress(changelog, 9, mtime=0))
     install_file(root, "usr/share/lintian/overrides/criproxy",
                  (HERE / "lintian-overrides").read_text())
+    for monitoring in MONITORING:
+        install_file(root, f"usr/share/criproxy/{monitoring}",
+                     (REPO / "deploy" / monitoring).read_text())
 
 
 def release_date() -> datetime.datetime:
