@@ -17,7 +17,8 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 from tests.conftest import ALT_URL_BASE, STREAM_URL, Cluster
-from tests.fakeruntime import GRPC_OPTIONS, FakeRuntime, make_image
+from tests.fakeruntime import GRPC_OPTIONS, FakeRuntime
+from tests.fakestate import make_image
 
 BUSYBOX = "docker.io/library/busybox:latest"
 PAUSE = "registry.k8s.io/pause:3.9"

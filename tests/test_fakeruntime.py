@@ -14,7 +14,8 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-from tests.fakeruntime import CRI_METHODS, GRPC_OPTIONS, FakeRuntime, make_image, start_fake
+from tests.fakeruntime import CRI_METHODS, GRPC_OPTIONS, FakeRuntime, start_fake
+from tests.fakestate import make_image
 
 BUSYBOX = "docker.io/library/busybox:latest"
 

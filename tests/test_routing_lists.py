@@ -15,7 +15,7 @@ from cri_api.v1 import api_pb2 as cri
 from google.protobuf.message import Message
 
 from tests.conftest import Cluster
-from tests.fakeruntime import make_image
+from tests.fakestate import make_image
 from tests.routing_util import (BUSYBOX, NAMED, PAUSE, RUNTIMES, Kubelet, Marks, bare_id,
                                 digest_of, image_of, owner_of_id, owner_of_image, raw_of,
                                 unique)
