@@ -257,9 +257,11 @@ class Dispatcher:
 
     async def _to_owner(self, runtime: str, method: Method, request: Message, raw: bytes,
                         timeout: float | None) -> bytes:
-        """A List whose filter names one runtime's object: that runtime's answer."""
+        """A List whose filter names one runtime's object: that runtime's answer,
+        within the same budget as a fan-out, or its last answer."""
+        budget = self._list_budget(self.links[runtime], timeout)
         try:
-            return await self._forward(runtime, method, request, raw, timeout)
+            return await self._forward(runtime, method, request, raw, budget)
         except CallError as err:
             last = self._last_answer(runtime, method, request, err)
             if last is None:

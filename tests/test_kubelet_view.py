@@ -388,3 +388,20 @@ def test_a_stale_socket_left_by_a_crash_is_replaced() -> None:
         proxy.stop()
         primary.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_list_naming_one_runtimes_pod_is_answered_within_the_list_budget(node: Node) -> None:
+    """A filter naming an alt sandbox asks alt only; while alt's Lists are slow, the
+    answer comes from its last answer within -listBudget, not at the deadline."""
+    rt = node.rt()
+    fresh_relists(node, 1.5)
+    watched = _sandboxes_of_uid(rt, node.alt_uid)
+    fakeknobs.set_delays(node.base / "alt.control", {"ListContainers": 5.0})
+    started = time.monotonic()
+
+    listed = rt.ListContainers(cri.ListContainersRequest(filter=cri.ContainerFilter(
+        pod_sandbox_id=watched[0])), timeout=30).containers
+
+    assert time.monotonic() - started < 4.0
+    assert len(listed) == 2 and {c.pod_sandbox_id for c in listed} == set(watched)
+    fakeknobs.set_delays(node.base / "alt.control", {})
