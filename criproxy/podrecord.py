@@ -68,10 +68,10 @@ class RuntimeRecord:
         self.answers: dict[str, Answer] = {}
         self.changes: list[tuple[int, Change]] = []
         self.seq = 0
-        # The Lists (by method) answered from here now, and those that would be
-        # but for the answer's age: each logged once when it starts and stops.
+        # The Lists (by method) answered from here now, and those left out (no
+        # answer, or too old): each logged once when it starts and stops.
         self.serving_last: set[str] = set()
-        self.expired: set[str] = set()
+        self.left_out: set[str] = set()
         self._view: View | None = None
 
     def fresh(self, method: str, raw: bytes, sent_seq: int) -> bool:
@@ -146,11 +146,11 @@ class PodRecord:
         if method not in LISTS or request.filter.ByteSize():  # type: ignore[attr-defined]
             return
         record = self.runtimes[runtime]
-        if method in record.serving_last or method in record.expired:
+        if method in record.serving_last or method in record.left_out:
             log.warning("runtime %s answers %s again; it no longer comes from its "
                         "last answer", record.runtime.label, method)
             record.serving_last.discard(method)
-            record.expired.discard(method)
+            record.left_out.discard(method)
         if record.fresh(method, raw, sent_seq) or \
                 time.monotonic() - self._saved_at[runtime] > _REFRESH_FILE_EVERY:
             self._save_soon(runtime)
@@ -168,11 +168,15 @@ class PodRecord:
         """The runtime's last answer to this List, filtered as the runtime would;
         None when there is none or it is older than -staleFor."""
         record = self.runtimes[runtime]
-        if method not in LISTS or method not in record.answers:
+        if method not in LISTS:
+            return None
+        if method not in record.answers:
+            self._note_left_out(record, method, "has no last answer")
             return None
         age = time.time() - record.answers[method].taken
         if age > self.config.stale_for:
-            self._note_expired(record, method, age)
+            self._note_left_out(record, method, f"its last answer is {age:.0f}s old, "
+                                f"more than -staleFor {self.config.stale_for:g}s")
             return None
         if method not in record.serving_last:
             log.warning("runtime %s cannot answer %s; answering from its last answer "
@@ -181,12 +185,12 @@ class PodRecord:
         metrics.last_answer_served(record.runtime.label, method)
         return _selected(record.view(), method, request)
 
-    def _note_expired(self, record: RuntimeRecord, method: str, age: float) -> None:
-        if method not in record.expired:
-            log.warning("runtime %s: its last %s answer is %.0fs old, more than -staleFor "
-                        "%gs: answering without it", record.runtime.label, method, age,
-                        self.config.stale_for)
-            record.expired.add(method)
+    def _note_left_out(self, record: RuntimeRecord, method: str, why: str) -> None:
+        """kubelet will restart the pods of a runtime left out: say so, once."""
+        if method not in record.left_out:
+            log.warning("runtime %s cannot answer %s and %s: answering without it",
+                        record.runtime.label, method, why)
+            record.left_out.add(method)
             record.serving_last.discard(method)
 
     def pod_runtime(self, matches: Callable[[v1.PodSandbox], bool]) -> str | None:
@@ -210,7 +214,7 @@ class PodRecord:
         """For `criproxy status`."""
         record = self.runtimes[runtime]
         return {"serving_last_answer": bool(record.serving_last),
-                "last_answer_expired": bool(record.expired),
+                "lists_left_out": bool(record.left_out),
                 "last_answer_age": record.age(time.time())}
 
     # --- the record files --------------------------------------------------------

@@ -35,8 +35,8 @@ def format_status(status: dict[str, Any], now: float) -> str:
 def _lists(runtime: dict[str, Any]) -> str:
     """Where the runtime's part of List answers comes from now."""
     age = runtime.get("last_answer_age")
-    if runtime.get("last_answer_expired"):
-        return "left out (too old)"
+    if runtime.get("lists_left_out"):
+        return "left out"
     if runtime.get("serving_last_answer") and age is not None:
         return f"last answer, {age:.0f}s old"
     return "fresh" if age is not None else "no answer yet"

@@ -161,7 +161,7 @@ def test_a_last_answer_older_than_stale_for_is_not_used(tmp_path: Path) -> None:
     assert listed_pods(record) == ["s1"]
     time.sleep(0.1)
     assert listed_pods(record) is None
-    assert record.snapshot("alt")["last_answer_expired"] is True
+    assert record.snapshot("alt")["lists_left_out"] is True
 
 
 def test_last_answers_survive_a_restart_in_a_private_file(tmp_path: Path) -> None:
