@@ -17,14 +17,16 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
+import populate  # noqa: E402
 import procstat  # noqa: E402
+import rig  # noqa: E402
 import run  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 
 
-def measure(bench: run.Bench, fake, proxy, where: str, request, call: str, clients: int,
+def measure(bench: rig.Bench, fake, proxy, where: str, request, call: str, clients: int,
             seconds: float, named: bool = False) -> dict:
-    spec = {"groups": [[run.job("x", where, call, request, seconds, concurrency=clients)]],
+    spec = {"groups": [[rig.job("x", where, call, request, seconds, concurrency=clients)]],
             "rounds": 1, "warmup": 50}
     load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -49,17 +51,17 @@ def main() -> None:
     parser.add_argument("--call", default="PodSandboxStatus")
     parser.add_argument("--proxy-args", default="")
     args = parser.parse_args()
-    bench = run.Bench(run.parse_args(["--proxy-args=" + args.proxy_args]), run.short_dir("cpc-"))
+    bench = rig.Bench(run.parse_args(["--proxy-args=" + args.proxy_args]), run.short_dir("cpc-"))
     try:
         fake = bench.fake("a")
-        pods = run.populate(fake.socket, 10, 1)
+        pods = populate.populate(fake.socket, 10, 1)
         proxy = bench.proxy("p", str(fake.socket), ["primary"])
         request = {"PodSandboxStatus": pb.PodSandboxStatusRequest(pod_sandbox_id=pods[0].id),
                    "Version": pb.VersionRequest(version="0.1.0"),
                    "ListContainers": pb.ListContainersRequest(filter=pb.ContainerFilter())
                    }[args.call]
-        for side, where in (("direct", run.target(fake.socket)),
-                            ("proxied", run.target(proxy.listen))):
+        for side, where in (("direct", rig.target(fake.socket)),
+                            ("proxied", rig.target(proxy.listen))):
             result = measure(bench, fake, proxy, where, request, args.call, args.clients,
                              args.seconds)
             cost = "  ".join(f"{k} {v:.0f}" for k, v in sorted(result["us_per_call"].items()))

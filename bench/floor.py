@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
@@ -115,11 +114,11 @@ def measure(where: str, pids: dict[str, int], clients: int, seconds: float) -> d
     # Imported here, not at the top: the bare front and worker run this file too,
     # and should carry no more than a minimal proxy would.
     import procstat
-    import run
+    import rig
     from cri_api.v1 import api_pb2 as pb
 
     request = pb.VersionRequest(version="0.1.0")
-    spec = {"groups": [[run.job("x", where, "Version", request, seconds, concurrency=clients)]],
+    spec = {"groups": [[rig.job("x", where, "Version", request, seconds, concurrency=clients)]],
             "rounds": 1, "warmup": 100}
     load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -162,6 +161,7 @@ def _proxies(bench: Any, runtime: str, args: argparse.Namespace,
 
 
 def main() -> None:
+    import rig
     import run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -180,7 +180,7 @@ def main() -> None:
         asyncio.run(bare_worker(*args.addresses))
         return
 
-    bench = run.Bench(run.parse_args([]), run.short_dir("flr-"))
+    bench = rig.Bench(run.parse_args([]), run.short_dir("flr-"))
     bare: list[subprocess.Popen] = []
     stack = contextlib.ExitStack()
     try:
@@ -192,11 +192,11 @@ def main() -> None:
         proxies, receiver = _proxies(bench, str(fake.socket), args, stack)
         _wait_for(Path(listen))
         paths = {
-            "direct": (run.target(fake.socket), {}),
-            "bare chain": (run.target(listen), {"front": bare[1].pid, "worker": bare[0].pid}),
+            "direct": (rig.target(fake.socket), {}),
+            "bare chain": (rig.target(listen), {"front": bare[1].pid, "worker": bare[0].pid}),
         }
         for name, each in proxies.items():
-            paths[name] = (run.target(each.listen), {"front": each.front_pid(),
+            paths[name] = (rig.target(each.listen), {"front": each.front_pid(),
                                                      "worker": each.worker_pid("primary")})
         print("Version calls to the fake runtime; CPU is per call, in the proxy's processes")
         print(f"{'clients':>7}  {'path':14}  {'calls/s':>7}  {'p50 ms':>6}  {'+p50 ms':>7}  "

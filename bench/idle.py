@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 import procstat  # noqa: E402
+import rig  # noqa: E402
 import run  # noqa: E402
 
 
@@ -27,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
     for heartbeat in (float(h) for h in args.heartbeats.split(",")):
         flags = f"-heartbeat {heartbeat:g} -workerTimeout {max(1.0, 3 * heartbeat):g}"
-        bench = run.Bench(run.parse_args(["--proxy-args=" + flags]), run.short_dir("cpi-"))
+        bench = rig.Bench(run.parse_args(["--proxy-args=" + flags]), run.short_dir("cpi-"))
         try:
             a, b = bench.fake("a"), bench.fake("b")
-            proxy = bench.proxy("i", f"{a.socket},{run.ALT}:{b.socket}", ["primary", run.ALT])
+            proxy = bench.proxy("i", f"{a.socket},{rig.ALT}:{b.socket}", ["primary", rig.ALT])
             time.sleep(2)
             before = procstat.TreeSample(proxy.proc.pid)
             time.sleep(args.seconds)

@@ -30,49 +30,51 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
+import populate  # noqa: E402
 import procstat  # noqa: E402
+import rig  # noqa: E402
 import run  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 
 
-def scenario(bench: run.Bench, name: str, seconds: float) -> tuple[object, subprocess.Popen]:
+def scenario(bench: rig.Bench, name: str, seconds: float) -> tuple[object, subprocess.Popen]:
     """Set the scenario up; return its proxy and the load process (already running)."""
     list_request = pb.ListContainersRequest(filter=pb.ContainerFilter())
     if name == "serial":
         fake = bench.fake("p-a")
         proxy = bench.proxy("p", str(fake.socket), ["primary"])
-        jobs = [run.job("x", run.target(proxy.listen), "Version",
+        jobs = [rig.job("x", rig.target(proxy.listen), "Version",
                         pb.VersionRequest(version="0.1.0"), seconds + 5)]
     elif name in ("unary", "idle"):
         fake = bench.fake("p-a")
-        pods = run.populate(fake.socket, 10, 1)
+        pods = populate.populate(fake.socket, 10, 1)
         proxy = bench.proxy("p", str(fake.socket), ["primary"])
-        jobs = [] if name == "idle" else [run.job(
-            "x", run.target(proxy.listen), "PodSandboxStatus",
+        jobs = [] if name == "idle" else [rig.job(
+            "x", rig.target(proxy.listen), "PodSandboxStatus",
             pb.PodSandboxStatusRequest(pod_sandbox_id=pods[0].id), seconds + 5, concurrency=16)]
     elif name == "named":
         empty, full = bench.fake("p-e"), bench.fake("p-f")
-        run.populate(full.socket, 1000, 1)
-        proxy = bench.proxy("p", f"{empty.socket},{run.ALT}:{full.socket}", ["primary", run.ALT])
-        jobs = [run.job("x", run.target(proxy.listen), "ListContainers", list_request,
+        populate.populate(full.socket, 1000, 1)
+        proxy = bench.proxy("p", f"{empty.socket},{rig.ALT}:{full.socket}", ["primary", rig.ALT])
+        jobs = [rig.job("x", rig.target(proxy.listen), "ListContainers", list_request,
                         seconds + 5)]
     elif name == "fanout":
         fakes = [bench.fake(f"p-{i}") for i in range(3)]
         for fake in fakes:
-            run.populate(fake.socket, 100, 3)
+            populate.populate(fake.socket, 100, 3)
         proxy = bench.proxy("p", f"{fakes[0].socket},b.rt:{fakes[1].socket},"
                                  f"c.rt:{fakes[2].socket}", ["primary", "b.rt", "c.rt"])
-        jobs = [run.job("x", run.target(proxy.listen), "ListContainers", list_request,
+        jobs = [rig.job("x", rig.target(proxy.listen), "ListContainers", list_request,
                         seconds + 5)]
     elif name == "node":
         a, b = bench.fake("p-a"), bench.fake("p-b")
-        run.populate(a.socket, 55, 3)
-        run.populate(b.socket, 55, 3, first=55)
-        proxy = bench.proxy("p", f"{a.socket},{run.ALT}:{b.socket}", ["primary", run.ALT])
+        populate.populate(a.socket, 55, 3)
+        populate.populate(b.socket, 55, 3, first=55)
+        proxy = bench.proxy("p", f"{a.socket},{rig.ALT}:{b.socket}", ["primary", rig.ALT])
         return proxy, subprocess.Popen(
-            [sys.executable, str(BENCH / "kubelet.py"), "--target", run.target(proxy.listen),
+            [sys.executable, str(BENCH / "kubelet.py"), "--target", rig.target(proxy.listen),
              "--seconds", str(seconds + 5)], stdout=subprocess.DEVNULL)
     else:
         raise SystemExit(f"unknown scenario {name}")
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--proxy-args", default="")
     args = parser.parse_args()
-    bench = run.Bench(run.parse_args(["--proxy-args=" + args.proxy_args]), run.short_dir("cpp-"))
+    bench = rig.Bench(run.parse_args(["--proxy-args=" + args.proxy_args]), run.short_dir("cpp-"))
     out_dir = BENCH / "results"
     out_dir.mkdir(exist_ok=True)
     try:
