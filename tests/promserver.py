@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -44,18 +44,6 @@ def ensure_prometheus() -> None:
                    check=True, env=env, stdout=subprocess.DEVNULL)
     missing = [binary for binary in BINARIES if not shutil.which(binary)]
     assert not missing, f"the prometheus package installed no {missing}"
-
-
-def poll(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Call `check` until it returns something true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout}s for {what}")
-        time.sleep(every)
 
 
 def _free_port() -> int:

@@ -22,9 +22,9 @@ from cri_api.v1 import api_pb2 as cri
 from tests.conftest import ALT_URL_BASE, Cluster, start_cluster, stop_cluster
 from tests.fakeruntime import start_fake
 from tests.harness import REPO, short_dir
-from tests.promserver import Prometheus, ensure_prometheus, metric_names, poll, \
+from tests.promserver import Prometheus, ensure_prometheus, metric_names, \
     start_prometheus
-from tests.test_observability import metrics_address, scrape
+from tests.test_observability import metrics_address, scrape, wait_until
 
 RULES = REPO / "deploy" / "prometheus" / "criproxy-alerts.yaml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "criproxy-alerts.test.yaml"
@@ -149,16 +149,16 @@ def firing_down_alert(prometheus: Prometheus, seen: list[str]) -> dict | None:
 
 def test_prometheus_sees_a_runtime_go_down_alerts_and_resolves(watched) -> None:
     cluster, prometheus = watched
-    poll(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "Prometheus to scrape alt up")
+    wait_until(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "Prometheus to scrape alt up")
     assert runtime_up(prometheus, "primary") == 1
     make_traffic(cluster)
 
     cluster.fakes["alt"].stop()
-    poll(lambda: runtime_up(prometheus, "alt") == 0, WAIT, "criproxy_runtime_up{alt} 0")
+    wait_until(lambda: runtime_up(prometheus, "alt") == 0, WAIT, "criproxy_runtime_up{alt} 0")
     assert runtime_up(prometheus, "primary") == 1 and runtime_up(prometheus, "vm.cloud") == 1
     states: list[str] = []
-    alert = poll(lambda: firing_down_alert(prometheus, states), WAIT,
-                 f"{RUNTIME_DOWN} to fire (states so far: {states})", every=0.1)
+    alert = wait_until(lambda: firing_down_alert(prometheus, states), WAIT,
+                       f"{RUNTIME_DOWN} to fire (states so far: {states})")
     assert states[0] == "pending", f"never seen pending: {states}"
     assert alert["labels"]["severity"] == "critical"
     for hint in ("criproxy status", "criproxy doctor", "journalctl -u criproxy"):
@@ -166,8 +166,8 @@ def test_prometheus_sees_a_runtime_go_down_alerts_and_resolves(watched) -> None:
     assert "Runtime alt behind criproxy on 127.0.0.1:" in alert["annotations"]["summary"]
 
     cluster.fakes["alt"] = start_fake(cluster.base, "alt", "--url-base", ALT_URL_BASE)
-    poll(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "criproxy_runtime_up{alt} back")
-    poll(lambda: not prometheus.alerts(RUNTIME_DOWN), WAIT, f"{RUNTIME_DOWN} to resolve")
+    wait_until(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "criproxy_runtime_up{alt} back")
+    wait_until(lambda: not prometheus.alerts(RUNTIME_DOWN), WAIT, f"{RUNTIME_DOWN} to resolve")
 
     # The scrape alerts' selector finds the job, named as in the README.
     rules = {rule["name"]: rule for group in prometheus.api("rules")["groups"]
@@ -210,10 +210,10 @@ def as_prometheus_query(dashboard_query: str) -> str:
 
 def test_rules_and_dashboard_use_only_series_criproxy_exports(watched) -> None:
     cluster, prometheus = watched
-    poll(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "Prometheus to scrape alt up")
+    wait_until(lambda: runtime_up(prometheus, "alt") == 1, WAIT, "Prometheus to scrape alt up")
     make_traffic(cluster)
     cluster.fakes["alt"].stop()  # so that a List call is answered without it
-    poll(lambda: runtime_up(prometheus, "alt") == 0, WAIT, "criproxy_runtime_up{alt} 0")
+    wait_until(lambda: runtime_up(prometheus, "alt") == 0, WAIT, "criproxy_runtime_up{alt} 0")
     with pytest.raises(grpc.RpcError):
         cluster.proxy.runtime_stub().ContainerStatus(
             cri.ContainerStatusRequest(container_id="alt__x"), timeout=10)  # UNAVAILABLE
@@ -239,5 +239,5 @@ def test_rules_and_dashboard_use_only_series_criproxy_exports(watched) -> None:
     for query in dashboard_queries():
         if query.startswith("label_values("):
             continue  # Grafana's, not PromQL; its metric is checked above
-        poll(lambda: prometheus.query(as_prometheus_query(query)), WAIT,
+        wait_until(lambda: prometheus.query(as_prometheus_query(query)), WAIT,
              f"data for the dashboard's {query}")
