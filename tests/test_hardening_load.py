@@ -42,6 +42,7 @@ from cri_api.v1 import api_pb2 as cri
 from tests.conftest import ALT_URL_BASE, STREAM_URL, Cluster, stop_cluster
 from tests.fakeruntime import start_fake
 from tests.harness import REPO, process_tree, rss_kb, short_dir, start_proxy
+from tests.test_observability import metrics_address
 
 # 100k calls (issue 8). On the 2-core CI machine this takes several minutes:
 # every call costs CPU in the front, the workers and the fake runtimes alike
@@ -164,7 +165,7 @@ def proxy_pids(cluster: Cluster) -> dict[str, int]:
 
 
 def metric(cluster: Cluster, name: str, labels: str = "") -> float:
-    address = cluster.proxy.status()["metrics"]
+    address = metrics_address(cluster.proxy)
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=WAIT) as answer:
         text = answer.read().decode()
     pattern = re.compile(rf"^{re.escape(name)}({re.escape(labels)})? (\S+)$", re.M)

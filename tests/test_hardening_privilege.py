@@ -38,6 +38,7 @@ from criproxy.settings import load_settings_file
 from tests.conftest import STREAM_URL, Cluster, stop_cluster
 from tests.fakeruntime import start_fake
 from tests.harness import REPO, process_tree, short_dir, start_proxy
+from tests.test_observability import metrics_address
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -246,7 +247,7 @@ def test_only_inet_listener_is_the_loopback_metrics_endpoint(pc: Cluster) -> Non
     [(table, local, _state, _inode)] = listening[pc.proxy.front_pid()]
     address, port = local.split(":")
     assert (table, address) == ("tcp", LOOPBACK_V4), local
-    assert int(port, 16) == int(pc.proxy.status()["metrics"].rpartition(":")[2]), pc.proxy.status()
+    assert int(port, 16) == int(metrics_address(pc.proxy).rpartition(":")[2]), pc.proxy.status()
     udp = [s for found in owned.values() for s in found if s[0].startswith("udp")]
     assert udp == [], udp
 
@@ -287,7 +288,7 @@ def test_unprivileged_user_cannot_use_up_the_fronts_descriptors() -> None:
     hoarder = None
     try:
         front = cluster.proxy.front_pid()
-        port = cluster.proxy.status()["metrics"].rpartition(":")[2]
+        port = metrics_address(cluster.proxy).rpartition(":")[2]
         hoarder = subprocess.Popen([*UNPRIVILEGED, "--clear-groups", USER_PYTHON, "-c", HOARDER,
                                     port, "1100"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True)

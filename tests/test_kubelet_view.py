@@ -28,6 +28,7 @@ from tests.fakeruntime import FakeRuntime, start_fake
 from tests.harness import REPO, Proxy, short_dir, start_proxy
 from tests.relister import UID_LABEL, Relister, longest_failure, partial, summary
 from tests.routing_util import BUSYBOX, TARGET, image_of, unique, wait_until
+from tests.test_observability import metrics_address
 
 PODS = 20
 # A failed relist is harmless while short (kubelet's PLEG tolerates 3 min); these
@@ -342,7 +343,7 @@ def test_status_and_metrics_show_answers_from_the_last_answer(node: Node) -> Non
 
 def _scrape(node: Node) -> str:
     import urllib.request
-    address = node.proxy.status()["metrics"]
+    address = metrics_address(node.proxy)
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
         return answer.read().decode()
 
