@@ -131,6 +131,7 @@ class PodRecord:
         self.config = config
         self.runtimes = {r.name: RuntimeRecord(r) for r in config.runtimes}
         self._saved_at = {name: 0.0 for name in self.runtimes}
+        self._unsaved: set[str] = set()  # runtimes with a new answer not yet written
         for record in self.runtimes.values():
             self._load(record)
 
@@ -151,9 +152,9 @@ class PodRecord:
                         "last answer", record.runtime.label, method)
             record.serving_last.discard(method)
             record.left_out.discard(method)
-        if record.fresh(method, raw, sent_seq) or \
-                time.monotonic() - self._saved_at[runtime] > _REFRESH_FILE_EVERY:
-            self._save_soon(runtime)
+        if record.fresh(method, raw, sent_seq):
+            self._unsaved.add(runtime)
+        self._save_soon(runtime)
 
     def observe(self, runtime: str, method: str, request: Message, answer: bytes) -> None:
         """A call that succeeded; if it changed the runtime's pods, record that."""
@@ -228,14 +229,17 @@ class PodRecord:
 
     def _save_now(self, runtime: str) -> None:
         self._saved_at[runtime] = time.monotonic()
+        self._unsaved.discard(runtime)
         record = self.runtimes[runtime]
         recordfile.save(recordfile.record_path(self.config.rundir, runtime),
                         record.runtime.socket, record.lists())
 
     def _save_soon(self, runtime: str) -> None:
-        """Fresh answers come every second: write at most that often. An answer not
-        written is followed by the next relist, which is."""
-        if time.monotonic() - self._saved_at[runtime] >= _WRITE_EVERY:
+        """Fresh answers come every second: write a new one at most that often (at
+        the next relist after it, if not at once), and an unchanged one now and then
+        so that the file tells its age."""
+        since = time.monotonic() - self._saved_at[runtime]
+        if (runtime in self._unsaved and since >= _WRITE_EVERY) or since > _REFRESH_FILE_EVERY:
             self._save_now(runtime)
 
 

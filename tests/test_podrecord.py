@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from criproxy import listfilter, recordfile
+from criproxy import listfilter, podrecord, recordfile
 from criproxy.podrecord import PodRecord
 from criproxy.settings import config_from_values
 
@@ -209,3 +209,21 @@ def test_pod_runtime_finds_the_newest_handler_placed_sandbox(record: PodRecord) 
 def test_an_id_filter_resolves_a_unique_prefix_as_containerd_does(
         wanted: str, ids: list[str], found: str | None) -> None:
     assert listfilter.resolve_id(wanted, ids) == found
+
+
+def test_a_new_answer_is_written_at_the_next_relist_even_if_that_one_is_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(podrecord.time, "monotonic", lambda: clock[0])
+    record = make_record(tmp_path)
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("s1", "u1")), 0)
+    clock[0] += 0.3  # a new answer right after a write: not written yet
+    record.answered("alt", "ListPodSandbox", ALL_PODS,
+                    pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2")), 0)
+    assert listed_pods(make_record(tmp_path)) == ["s1"]
+
+    clock[0] += 1.0  # the next relist answers the same: now it is written
+    record.answered("alt", "ListPodSandbox", ALL_PODS,
+                    pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2")), 0)
+
+    assert listed_pods(make_record(tmp_path)) == ["s1", "s2"]
