@@ -217,13 +217,12 @@ def test_a_new_answer_is_written_at_the_next_relist_even_if_that_one_is_unchange
     monkeypatch.setattr(podrecord.time, "monotonic", lambda: clock[0])
     record = make_record(tmp_path)
     record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("s1", "u1")), 0)
+    both = pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2"))
     clock[0] += 0.3  # a new answer right after a write: not written yet
-    record.answered("alt", "ListPodSandbox", ALL_PODS,
-                    pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2")), 0)
+    record.answered("alt", "ListPodSandbox", ALL_PODS, both, 0)
     assert listed_pods(make_record(tmp_path)) == ["s1"]
 
-    clock[0] += 1.0  # the next relist answers the same: now it is written
-    record.answered("alt", "ListPodSandbox", ALL_PODS,
-                    pods_answer(sandbox("s1", "u1"), sandbox("s2", "u2")), 0)
+    clock[0] += 1.0  # the next relist answers the same bytes: now it is written
+    record.answered("alt", "ListPodSandbox", ALL_PODS, both, 0)
 
     assert listed_pods(make_record(tmp_path)) == ["s1", "s2"]
