@@ -37,8 +37,13 @@ def pod_matcher(request: Message, spec: v1.ImageSpec) -> Matcher | None:
         return None
     if not uid and not annotations:
         return None
-    return lambda sandbox: bool(uid and sandbox.metadata.uid == uid or
-                                annotations and dict(sandbox.annotations) == annotations)
+    return lambda sandbox: _placed_by_handler(sandbox) and bool(
+        uid and sandbox.metadata.uid == uid or
+        annotations and dict(sandbox.annotations) == annotations)
+
+
+def _placed_by_handler(sandbox: v1.PodSandbox) -> bool:
+    return TARGET_RUNTIME_ANNOTATION not in sandbox.annotations
 
 
 def _sandbox_config(request: Message) -> v1.PodSandboxConfig | None:
@@ -53,4 +58,4 @@ def placed_by_handler(record: PodRecord, runtime: str, sandbox_id: str) -> bool:
     if not runtime:
         return False
     sandbox = record.runtimes[runtime].view().sandboxes.get(sandbox_id)
-    return sandbox is not None and TARGET_RUNTIME_ANNOTATION not in sandbox.annotations
+    return sandbox is not None and _placed_by_handler(sandbox)

@@ -28,7 +28,6 @@ from google.protobuf.message import Message
 from cri_api.v1 import api_pb2 as v1
 from criproxy import listfilter, metrics, recordfile
 from criproxy.podchanges import CHANGES, Change
-from criproxy.routing import TARGET_RUNTIME_ANNOTATION
 from criproxy.settings import Config, Runtime
 
 log = logging.getLogger("criproxy.front")
@@ -195,12 +194,11 @@ class PodRecord:
             record.serving_last.discard(method)
 
     def pod_runtime(self, matches: Callable[[v1.PodSandbox], bool]) -> str | None:
-        """The runtime of the newest sandbox that `matches`, among pods placed by a
-        RuntimeClass handler (annotation-routed pods keep the image prefix rule)."""
+        """The runtime of the newest sandbox that `matches`."""
         found: list[tuple[int, str]] = []
         for name, record in self.runtimes.items():
             for sandbox in record.view().sandboxes.values():
-                if TARGET_RUNTIME_ANNOTATION not in sandbox.annotations and matches(sandbox):
+                if matches(sandbox):
                     found.append((sandbox.created_at, name))
         return max(found)[1] if found else None
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from criproxy import listfilter, podrecord, recordfile
+from criproxy import imagepods, listfilter, podrecord, recordfile
 from criproxy.podrecord import PodRecord
 from criproxy.settings import config_from_values
 
@@ -194,10 +194,18 @@ def test_pod_runtime_finds_the_newest_handler_placed_sandbox(record: PodRecord) 
     feed(record, [sandbox("s2", "u1", **{"kubernetes.io/config.seen": "t1"}),
                   sandbox("s3", "u3", **{"kubernetes.io/target-runtime": "alt"})], [])
 
-    assert record.pod_runtime(lambda s: s.metadata.uid == "u1") == "alt"
-    assert record.pod_runtime(lambda s: s.metadata.uid == "u3") is None, \
+    assert record.pod_runtime(pull_for_uid("u1")) == "alt"
+    assert record.pod_runtime(pull_for_uid("u3")) is None, \
         "annotation-routed pods keep the image prefix rule"
-    assert record.pod_runtime(lambda s: s.metadata.uid == "nobody") is None
+    assert record.pod_runtime(pull_for_uid("nobody")) is None
+
+
+def pull_for_uid(uid: str) -> imagepods.Matcher:
+    """What tells the pod of a PullImage carrying that pod's sandbox config."""
+    matcher = imagepods.pod_matcher(cri.PullImageRequest(sandbox_config=cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(uid=uid))), cri.ImageSpec(image="app:1"))
+    assert matcher is not None
+    return matcher
 
 
 @pytest.mark.parametrize("wanted, ids, found", [
