@@ -30,6 +30,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 BUSYBOX_IMAGE = "docker.io/library/busybox:latest"
@@ -74,11 +75,19 @@ def ensure_packages() -> None:
         missing.add("containernetworking-plugins")
     if not BUSYBOX.exists() or not is_static_elf(BUSYBOX):
         missing.add("busybox-static")
-    if not missing:
-        return
+    if missing:
+        apt_install(missing)
+
+
+def apt_install(packages: Iterable[str], lock_timeout: float | None = None) -> None:
+    """apt-get update, then install `packages` without recommends, non-interactively;
+    with `lock_timeout`, wait that long for another dpkg run to finish."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(missing)],
+    apt = ["apt-get", "-q"]
+    if lock_timeout is not None:
+        apt += ["-o", f"DPkg::Lock::Timeout={int(lock_timeout)}"]
+    subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([*apt, "install", "-y", "--no-install-recommends", *sorted(packages)],
                    check=True, env=env, stdout=subprocess.DEVNULL)
 
 

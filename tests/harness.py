@@ -1,6 +1,8 @@
 """Running the real criproxy (supervisord, front, workers) for process-level tests."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import signal
@@ -8,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +146,16 @@ def start_proxy(connect: str, *extra: str, workdir: Path | None = None,
             proxy.stop()
             raise
     return proxy
+
+
+@functools.cache
+def runtimes_script() -> types.ModuleType:
+    """scripts/runtimes.py (a script, not a package): real containerd runtimes and
+    the apt-get installs the tests need."""
+    spec = importlib.util.spec_from_file_location("runtimes", REPO / "scripts" / "runtimes.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def process_tree(root: int) -> list[int]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.harness import runtimes_script
+
 BINARIES = ("prometheus", "promtool")
 START_TIMEOUT = 60.0
 
@@ -38,10 +40,7 @@ def ensure_prometheus() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs promtool and prometheus (Debian's prometheus package); "
                     "run as root to have the test install it")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    runtimes_script().apt_install(["prometheus"])
     missing = [binary for binary in BINARIES if not shutil.which(binary)]
     assert not missing, f"the prometheus package installed no {missing}"
 

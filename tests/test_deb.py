@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import re
@@ -32,14 +31,12 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-from tests.harness import REPO
+from tests.harness import REPO, runtimes_script
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: installs the package with dpkg, runs containerd")
 
-_spec = importlib.util.spec_from_file_location("runtimes", REPO / "scripts" / "runtimes.py")
-runtimes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runtimes)  # type: ignore[union-attr]
+runtimes = runtimes_script()
 
 DEBIAN_PYTHON = Path("/usr/bin/python3")
 PRIVATE = Path("/usr/lib/criproxy")
@@ -74,13 +71,8 @@ def ensure_tools() -> None:
     if subprocess.run([DEBIAN_PYTHON, "-c", "import ensurepip"],
                       capture_output=True).returncode != 0:
         missing.add(f"python{debian_python_version()}-venv")
-    if not missing:
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    apt = ["apt-get", "-q", "-o", f"DPkg::Lock::Timeout={int(LOCK_TIMEOUT)}"]
-    subprocess.run([*apt, "update"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run([*apt, "install", "-y", "--no-install-recommends", *sorted(missing)],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    if missing:
+        runtimes.apt_install(missing, lock_timeout=LOCK_TIMEOUT)
 
 
 @contextlib.contextmanager

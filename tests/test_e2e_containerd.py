@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import os
 import queue
 import re
@@ -34,15 +33,13 @@ from cri_api.v1 import api_pb2_grpc as rpc
 from cri_api.v1alpha2 import api_pb2 as old_pb
 from cri_api.v1alpha2 import api_pb2_grpc as old_rpc
 
-from tests.harness import REPO, Proxy, start_proxy
+from tests.harness import Proxy, runtimes_script, start_proxy
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
     reason="needs root: runs two containerd instances (mounts, cgroups, namespaces)")
 
-_spec = importlib.util.spec_from_file_location("runtimes", REPO / "scripts" / "runtimes.py")
-runtimes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runtimes)  # type: ignore[union-attr]
+runtimes = runtimes_script()
 
 B = "crun.test"             # B's name in -connect; it has a dot, as kubelet's image names need
 PRIMARY = ""
