@@ -6,8 +6,9 @@
 
 Checks: every runtime socket answers CRI Version (and which CRI version it
 speaks), runtime names kubelet would mangle, the listen socket (stale,
-wrongly owned, not criproxy), the runtime dir's owner and mode, and whether
-kubelet (its command line and its config file) points at the listen socket.
+wrongly owned, not criproxy), the runtime dir's owner and mode, whether
+kubelet (its command line and its config file) points at the listen socket,
+and (doctor_systemd) criproxy.service's state and kubelet's drop-in.
 Exit code 1 when something must be fixed, 2 when there is no set-up to check.
 """
 from __future__ import annotations
@@ -174,11 +175,14 @@ def _running_front(config: Config) -> dict | None:
     return status if time.time() - status.get("time", 0) < 5 else None
 
 
-def check_listen(config: Config) -> list[Finding]:
+def check_listen(config: Config, unit_explains: bool = False) -> list[Finding]:
+    """`unit_explains`: criproxy.service's finding already says why nothing serves."""
     path = Path(config.listen)
     if path.is_symlink() or (path.exists() and not path.is_socket()):
         return [Finding(FAIL, f"listen path {path} exists and is not a socket; "
                               "criproxy will not start", f"move {path} away")]
+    if unit_explains and _probe_socket(str(path)):
+        return []  # "start it" would be wrong advice for a unit that is started
     if not path.exists():
         return [Finding(WARN, f"criproxy is not running: no socket at {path}",
                         "start it: systemctl start criproxy")]
@@ -329,15 +333,20 @@ def check_kubelet(config: Config, proc: str, config_path: str) -> list[Finding]:
 
 # --- command ------------------------------------------------------------------------
 
-def diagnose(config: Config, proc: str = "/proc",
-             kubelet_config: str = KUBELET_CONFIG) -> list[Finding]:
+def diagnose(config: Config, proc: str = "/proc", kubelet_config: str = KUBELET_CONFIG,
+             root: Path = Path("/"), systemctl: str = "systemctl") -> list[Finding]:
+    # Imported here: doctor_systemd imports Finding and _probe_socket from this module.
+    from criproxy import doctor_systemd
+    unit = doctor_systemd.unit_state(root, doctor_systemd.run_systemctl(systemctl))
     found: list[Finding] = []
     for runtime in config.runtimes:
         found += check_runtime(runtime, config)
     found += check_names(config)
     found += check_rundir(config)
-    found += check_listen(config)
+    found += doctor_systemd.check_unit(unit, config.listen)
+    found += check_listen(config, unit is not None and unit.explains_listen)
     found += check_kubelet(config, proc, kubelet_config)
+    found += doctor_systemd.check_drop_ins(root, config.listen)
     return found
 
 
@@ -350,6 +359,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kubelet-config", default=KUBELET_CONFIG,
                         help="kubelet's config file (default: %(default)s)")
     parser.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)
+    # For tests: the tree to find systemd's files under, and the systemctl to ask.
+    parser.add_argument("--root", default="/", help=argparse.SUPPRESS)
+    parser.add_argument("--systemctl", default="systemctl", help=argparse.SUPPRESS)
     known, _ = parser.parse_known_args(argv)
     flags = _criproxy_flags(argv)
     try:
@@ -364,7 +376,8 @@ def main(argv: list[str]) -> int:
     print(f"checking the set-up from {source}: -connect "
           + ",".join(r.socket if r.is_primary else f"{r.name}:{r.socket}"
                      for r in config.runtimes) + f" -listen {config.listen}")
-    found = diagnose(config, known.proc, known.kubelet_config)
+    found = diagnose(config, known.proc, known.kubelet_config, Path(known.root),
+                     known.systemctl)
     for finding in found:
         print(finding)
     failures = sum(f.level == FAIL for f in found)
@@ -373,7 +386,7 @@ def main(argv: list[str]) -> int:
     return 1 if failures else 0
 
 
-_OWN_OPTIONS = ("--env-file", "--kubelet-config", "--proc")
+_OWN_OPTIONS = ("--env-file", "--kubelet-config", "--proc", "--root", "--systemctl")
 
 
 def _criproxy_flags(argv: list[str]) -> list[str]:
