@@ -146,7 +146,10 @@ class WorkerLink:
     def _transition(self, state: RuntimeState, reason: str) -> None:
         if state == self.state and reason == self.reason:
             return
-        log.info("runtime %s: %s -> %s: %s", self.label, self.state.value, state.value, reason)
+        # A runtime going down is the operator's business (journalctl -p warning).
+        level = logging.WARNING if state == RuntimeState.DOWN else logging.INFO
+        log.log(level, "runtime %s: %s -> %s: %s", self.label, self.state.value, state.value,
+                reason)
         if state != RuntimeState.UP:
             self.last_error = reason
         self.state, self.reason, self.since = state, reason, time.time()
@@ -188,6 +191,10 @@ class WorkerLink:
 
     async def wait_up(self) -> None:
         await self._up.wait()
+
+    async def wait_settled(self) -> None:
+        """Until the runtime was first up or known down, or -startWait ran out."""
+        await self._wait_first_start(None)
 
     def start_wait_left(self) -> float:
         """How long a call may still wait for this runtime's first start."""

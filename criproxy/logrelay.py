@@ -1,0 +1,161 @@
+"""A supervisord plugin that relays every process's lines to criproxy's stderr.
+
+supervisord's own way, `stdout_logfile=/dev/stdout`, opens /proc/self/fd/1,
+which fails with ENXIO when stdout is a socket — as it is under systemd, whose
+journal takes a service's output over a socket — and then no program ever
+starts. So the programs' output is not written by supervisord's loggers at
+all: it arrives here as supervisord's in-process log events and is written to
+the file descriptor criproxy was started with, whatever it is (the journal, a
+pipe, a file, a socket, /dev/null). supervisord's own lines go there too.
+
+Each line keeps the priority its writer gave it (`<N>`, see criproxy/logs.py).
+When stderr is the journal's stream (systemd's JOURNAL_STREAM names it) the
+prefix is written, so `journalctl -p err` shows errors alone; anywhere else it
+is stripped. A line says which process wrote it (`front[pid]`,
+`worker-alt[pid]`, `supervisord[pid]`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from supervisor import events, loggers
+
+# Lines a process writes without a priority (an uncaught traceback, grpc's own
+# C-core logging) take one from their channel, or from glog's level letter.
+_DEFAULT_PRIORITY = {"stdout": 6, "stderr": 3}
+_GLOG_PRIORITY = {b"I": 6, b"W": 4, b"E": 3, b"F": 2}
+_PREFIX = re.compile(rb"^<([0-7])>")
+_GLOG = re.compile(rb"^([IWEF])\d{4} ")
+# A line longer than this is cut into pieces rather than held in memory.
+LINE_LIMIT = 64 * 1024
+_SUPERVISOR_PRIORITY = {loggers.LevelsByName.CRIT: 2, loggers.LevelsByName.ERRO: 3,
+                        loggers.LevelsByName.WARN: 4, loggers.LevelsByName.INFO: 6}
+# supervisord's levels for its own process events suit an interactive daemon,
+# not a journal: a program that crashed or was given up on is logged at INFO,
+# an ordered stop at WARN, and the control socket's lack of a password (it is
+# 0700 in criproxy's 0700 runtime dir) at CRIT. These get the priority they mean here.
+_SUPERVISOR_NOTICES = (
+    (re.compile(r"^(spawnerr|gave up): "), 3),
+    (re.compile(r"^exited: .*not expected\)$|^killing "), 4),
+    (re.compile(r"^stopped: |running without any HTTP authentication"), 6),
+)
+
+_active: "LogRelay | None" = None
+
+
+def stderr_is_journal(fd: int = 2) -> bool:
+    """True when `fd` is the stream systemd connected to the journal."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return False
+    return f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte, or give up quietly: logging must never stop supervisord."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+def priority_line(line: bytes, channel: str, writer: bytes) -> tuple[int, bytes]:
+    """(priority, text) of one line a process wrote; an unprefixed line is named."""
+    match = _PREFIX.match(line)
+    if match:
+        return int(match.group(1)), line[match.end():]
+    glog = _GLOG.match(line)
+    prio = _GLOG_PRIORITY[glog.group(1)] if glog else _DEFAULT_PRIORITY[channel]
+    return prio, writer + b" " + line
+
+
+class LogRelay:
+    def __init__(self, journal: bool, fd: int = 2) -> None:
+        self.journal = journal
+        self.fd = fd
+        self._partial: dict[tuple[str, str], bytes] = {}
+        self._subscriptions = [(events.ProcessLogStdoutEvent, self._on_output),
+                               (events.ProcessLogStderrEvent, self._on_output),
+                               (events.Tick5Event, self._flush_partial)]
+
+    def _encode(self, prio: int, text: bytes) -> bytes:
+        return (b"<%d>" % prio if self.journal else b"") + text + b"\n"
+
+    def _on_output(self, event: Any) -> None:
+        """A chunk of a program's output: write its complete lines, keep the rest."""
+        key = (event.process.config.name, event.channel)
+        data = self._partial.pop(key, b"") + event.data
+        *lines, rest = data.split(b"\n")
+        if len(rest) >= LINE_LIMIT:
+            lines.append(rest)
+        elif rest:
+            self._partial[key] = rest
+        writer = b"%s[%d]" % (key[0].encode(), event.pid)
+        write_all(self.fd, b"".join(
+            self._encode(*priority_line(line, event.channel, writer)) for line in lines))
+
+    def _flush_partial(self, _event: Any = None) -> None:
+        """A line left unfinished (its writer died mid-line) is written on the next tick."""
+        for (name, channel), rest in list(self._partial.items()):
+            del self._partial[(name, channel)]
+            write_all(self.fd, self._encode(*priority_line(rest, channel, name.encode())))
+
+    def _subscribe(self) -> None:
+        for kind, callback in self._subscriptions:
+            events.subscribe(kind, callback)
+
+    def _unsubscribe(self) -> None:
+        for kind, callback in self._subscriptions:
+            events.unsubscribe(kind, callback)
+
+
+def supervisor_priority(level: int, message: str) -> int:
+    for pattern, prio in _SUPERVISOR_NOTICES:
+        if pattern.search(message):
+            return prio
+    return _SUPERVISOR_PRIORITY.get(level, 7)
+
+
+class SupervisorLines(loggers.Handler):
+    """supervisord's own log lines, in the programs' format, to the relay's fd."""
+
+    def __init__(self, relay: LogRelay, level: int) -> None:
+        super().__init__()
+        self.relay = relay
+        self.level = level
+        self.fmt = f"%(asctime)s %(levelname).1s supervisord[{os.getpid()}] %(message)s"
+
+    def emit(self, record: Any) -> None:
+        text = (self.fmt % record.asdict()).rstrip("\n").encode("utf-8", "replace")
+        prio = supervisor_priority(record.level, record.asdict()["message"])
+        write_all(self.relay.fd, b"".join(self.relay._encode(prio, line)
+                                          for line in text.split(b"\n")))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def take_over_supervisor_log(logger: Any, relay: LogRelay) -> None:
+    """Replace supervisord's stdout handler (its logfile is /dev/null) with ours."""
+    kept = [h for h in logger.handlers
+            if not isinstance(h, (loggers.StreamHandler, SupervisorLines))]
+    logger.handlers[:] = kept + [SupervisorLines(relay, logger.level)]
+
+
+def make_relay(supervisord: Any) -> LogRelay:
+    """supervisord's rpcinterface factory; a reload replaces the previous relay."""
+    global _active
+    if _active is not None:
+        _active._unsubscribe()
+    _active = LogRelay(stderr_is_journal())
+    _active._subscribe()
+    take_over_supervisor_log(supervisord.options.logger, _active)
+    return _active
