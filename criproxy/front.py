@@ -22,7 +22,7 @@ import zmq
 from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from criproxy import logs, metrics, podrecord, tracecontext
+from criproxy import logs, metrics, podrecord, readiness, tracecontext
 from criproxy.dispatch import Dispatcher, routed_to
 from criproxy.instance import refuse_live_socket
 from criproxy.routing import METHODS, Method, Rule
@@ -217,14 +217,38 @@ class Front:
         log.info("front serving %s for runtimes %s", self.config.listen,
                  ", ".join(f"{r.label}={r.socket}" for r in self.config.runtimes))
         self.metrics.start()
-        reporter = asyncio.create_task(self._write_status_forever())
-        healther = asyncio.create_task(self._health_forever())
+        tasks = [asyncio.create_task(self._write_status_forever()),
+                 asyncio.create_task(self._health_forever()),
+                 asyncio.create_task(self._ready_then_watchdog())]
         await self._stop.wait()
-        await self._shutdown(reporter, healther)
+        await self._shutdown(tasks)
 
-    async def _shutdown(self, reporter: asyncio.Task, healther: asyncio.Task) -> None:
+    async def _ready_then_watchdog(self) -> None:
+        """READY=1 once every runtime settled; then watchdog pings while the front answers."""
+        await readiness.announce_ready(
+            [link.wait_settled() for link in self.links.values()], self._runtime_summary)
+        interval = readiness.watchdog_interval()
+        if interval is not None:
+            await readiness.watchdog_forever(self._answer_own_health_check, interval)
+
+    def _runtime_summary(self) -> str:
+        return f"serving {self.config.listen}; runtimes: " + ", ".join(
+            f"{link.label} {link.state.value}" for link in self.links.values())
+
+    async def _answer_own_health_check(self, timeout: float) -> None:
+        """A health check over a fresh connection: the listen socket, grpc and this loop."""
+        async with grpc.aio.insecure_channel("unix:" + self.config.listen) as channel:
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString)
+            await check(health_pb2.HealthCheckRequest(), timeout=timeout)
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         log.info("front stopping; letting requests finish for up to %.1fs", self.config.drain)
-        healther.cancel()
+        reporter, *others = tasks
+        for task in others:
+            task.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.drain)
         reporter.cancel()
