@@ -371,11 +371,11 @@ def test_systemd_analyze_verifies_the_unit_and_kubelet_drop_in(installed: Path,
     proc = subprocess.run([*verify, str(kubelet)], env=dict(os.environ, **search),
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
-    # The drop-in was read: without /lib/systemd/system its Requires=criproxy.service fails.
+    # Without criproxy.service (removed) kubelet's unit still loads: the drop-in only Wants= it.
     only_etc = {"SYSTEMD_UNIT_PATH": f"{tmp_path}:/etc/systemd/system"}
     proc = subprocess.run([*verify, str(kubelet)], env=dict(os.environ, **only_etc),
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "criproxy.service not found" in proc.stderr, proc.stderr
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
 
 
 def upgrade_of(deb: Path, out: Path) -> Path:

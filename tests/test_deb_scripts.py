@@ -30,9 +30,9 @@ case "$*" in *is-active*) exit "$STUB_ACTIVE";; esac
 
 
 def run_script(tmp: Path, script: str, *args: str, systemd: bool = True,
-               active: bool = False, then: str = "true") -> list[str]:
-    """Run packaging/deb/SCRIPT ARGS; the calls it made, in order. `then` runs after
-    it, in the same namespace, and must succeed."""
+               active: bool = False, before: str = "true", then: str = "true") -> list[str]:
+    """Run packaging/deb/SCRIPT ARGS; the calls it made, in order. `before` and `then`
+    run before and after it, in the same namespace, and must succeed."""
     stubs = tmp / "stubs"
     stubs.mkdir(exist_ok=True)
     for name in ("systemctl", "deb-systemd-invoke", "deb-systemd-helper"):
@@ -44,7 +44,8 @@ def run_script(tmp: Path, script: str, *args: str, systemd: bool = True,
     setup = "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /etc/systemd/system"
     if systemd:
         setup += " && mkdir -p /run/systemd/system"
-    inner = f'{setup} && mkdir /run/criproxy && sh {SCRIPTS / script} "$@" && {then}'
+    inner = (f'{setup} && mkdir /run/criproxy && {before} && sh {SCRIPTS / script} "$@" '
+             f'&& {then}')
     proc = subprocess.run(["unshare", "-m", "sh", "-c", inner, "sh", *args],
                           env={"PATH": f"{stubs}:{SYSTEM_PATH}", "STUB_LOG": str(log),
                                "STUB_ACTIVE": "0" if active else "3"},
@@ -93,6 +94,16 @@ def test_removal_stops_criproxy_and_upgrade_does_not(tmp_path: Path) -> None:
     assert run_script(tmp_path, "prerm", "remove") == ["deb-systemd-invoke stop criproxy.service"]
     assert run_script(tmp_path, "prerm", "upgrade", "0.1.1") == []
     assert run_script(tmp_path, "postrm", "remove") == [RELOAD]
+
+
+def test_removal_takes_criproxy_out_of_kubelets_path_without_restarting_it(
+        tmp_path: Path) -> None:
+    drop_in = "/etc/systemd/system/kubelet.service.d/20-criproxy.conf"
+    other = "/etc/systemd/system/kubelet.service.d/10-other.conf"
+    write = f"mkdir -p {drop_in.rsplit('/', 1)[0]} && touch {drop_in} {other}"
+    calls = run_script(tmp_path, "postrm", "remove", before=write,
+                       then=f"test ! -e {drop_in} && test -e {other}")
+    assert calls == [RELOAD]  # no restart of kubelet, nor of anything else
 
 
 def test_purge_removes_the_enable_links_and_the_runtime_dir(tmp_path: Path) -> None:
