@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tests.harness import runtimes_script
+from tests.harness import REPO, runtimes_script
 
 CACHE = Path("/var/cache/criproxy-tests")
 RELEASE = "bookworm"
@@ -145,6 +145,33 @@ def build_root(root: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the package
+
+
+def build_package(out: Path) -> Path:
+    """What `make deb` runs, into `out` (tools installed as tests/test_deb.py does), plus
+    the same package as a newer version, `out/newer.deb`, for upgrades. Bind `out`
+    into a machine (binds_ro=[f"{out}:/share"]) to install them there. The build's
+    work dir is a private one: the Makefile's shared build/deb would let a concurrent
+    `make deb` in the same checkout pull the tree away under this one."""
+    from tests import test_deb  # its tools and helpers; importing runs none of its tests
+    test_deb.ensure_tools()
+    work = Path(tempfile.mkdtemp(prefix="deb-work-"))
+    try:
+        proc = subprocess.run(["/usr/bin/python3", "packaging/deb/build.py", "--out", str(out),
+                               "--work", str(work)], cwd=REPO, capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"make deb failed:\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}")
+    arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    deb = out / f"criproxy_{test_deb.version()}_{arch}.deb"
+    test_deb.upgrade_of(deb, out)
+    return deb
 
 
 # ---------------------------------------------------------------- a booted machine
