@@ -23,36 +23,27 @@ from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
 from supervisor.states import SupervisorStates
 from supervisor.xmlrpc import RPCError
 
+from criproxy.eventplugin import EventPlugin, install
 from criproxy.settings import BOOT_FAILURE_FILE
-
-_active: "Keeper | None" = None
 
 
 def _namespec(process: Any) -> str:
     return f"{process.group.config.name}:{process.config.name}"
 
 
-class Keeper:
+class Keeper(EventPlugin):
     def __init__(self, supervisord: Any, rundir: Path, retry_after: float) -> None:
+        super().__init__([(events.ProcessStateFatalEvent, self._on_fatal),
+                          (events.ProcessStateExitedEvent, self._on_exit),
+                          (events.ProcessStateBackoffEvent, self._on_exit),
+                          (events.Tick5Event, self._on_tick)])
         self._supervisord = supervisord
         self._rundir = rundir
         self._retry_after = retry_after
         self._due: dict[str, float] = {}
-        self._subscriptions = [(events.ProcessStateFatalEvent, self._on_fatal),
-                               (events.ProcessStateExitedEvent, self._on_exit),
-                               (events.ProcessStateBackoffEvent, self._on_exit),
-                               (events.Tick5Event, self._on_tick)]
 
     def _log(self, text: str) -> None:
         self._supervisord.options.logger.warn(f"criproxy keeper: {text}")
-
-    def _subscribe(self) -> None:
-        for kind, callback in self._subscriptions:
-            events.subscribe(kind, callback)
-
-    def _unsubscribe(self) -> None:
-        for kind, callback in self._subscriptions:
-            events.unsubscribe(kind, callback)
 
     def _on_fatal(self, event: Any) -> None:
         name = _namespec(event.process)
@@ -84,9 +75,6 @@ class Keeper:
 
 def make_keeper(supervisord: Any, rundir: str, retry_after: str) -> Keeper:
     """supervisord's rpcinterface factory; a reload replaces the previous keeper."""
-    global _active
-    if _active is not None:
-        _active._unsubscribe()
-    _active = Keeper(supervisord, Path(rundir), float(retry_after))
-    _active._subscribe()
-    return _active
+    keeper = Keeper(supervisord, Path(rundir), float(retry_after))
+    install("keeper", keeper)
+    return keeper

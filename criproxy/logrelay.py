@@ -22,6 +22,8 @@ from typing import Any
 
 from supervisor import events, loggers
 
+from criproxy.eventplugin import EventPlugin, install
+
 # Lines a process writes without a priority (an uncaught traceback, grpc's own
 # C-core logging) take one from their channel, or from glog's level letter.
 _DEFAULT_PRIORITY = {"stdout": 6, "stderr": 3}
@@ -41,8 +43,6 @@ _SUPERVISOR_NOTICES = (
     (re.compile(r"^exited: .*not expected\)$|^killing "), 4),
     (re.compile(r"^stopped: |running without any HTTP authentication"), 6),
 )
-
-_active: "LogRelay | None" = None
 
 
 def stderr_is_journal(fd: int = 2) -> bool:
@@ -74,14 +74,14 @@ def priority_line(line: bytes, channel: str, writer: bytes) -> tuple[int, bytes]
     return prio, writer + b" " + line
 
 
-class LogRelay:
+class LogRelay(EventPlugin):
     def __init__(self, journal: bool, fd: int = 2) -> None:
+        super().__init__([(events.ProcessLogStdoutEvent, self._on_output),
+                          (events.ProcessLogStderrEvent, self._on_output),
+                          (events.Tick5Event, self._flush_partial)])
         self.journal = journal
         self.fd = fd
         self._partial: dict[tuple[str, str], bytes] = {}
-        self._subscriptions = [(events.ProcessLogStdoutEvent, self._on_output),
-                               (events.ProcessLogStderrEvent, self._on_output),
-                               (events.Tick5Event, self._flush_partial)]
 
     def _encode(self, prio: int, text: bytes) -> bytes:
         return (b"<%d>" % prio if self.journal else b"") + text + b"\n"
@@ -104,14 +104,6 @@ class LogRelay:
         for (name, channel), rest in list(self._partial.items()):
             del self._partial[(name, channel)]
             write_all(self.fd, self._encode(*priority_line(rest, channel, name.encode())))
-
-    def _subscribe(self) -> None:
-        for kind, callback in self._subscriptions:
-            events.subscribe(kind, callback)
-
-    def _unsubscribe(self) -> None:
-        for kind, callback in self._subscriptions:
-            events.unsubscribe(kind, callback)
 
 
 def supervisor_priority(level: int, message: str) -> int:
@@ -152,10 +144,7 @@ def take_over_supervisor_log(logger: Any, relay: LogRelay) -> None:
 
 def make_relay(supervisord: Any) -> LogRelay:
     """supervisord's rpcinterface factory; a reload replaces the previous relay."""
-    global _active
-    if _active is not None:
-        _active._unsubscribe()
-    _active = LogRelay(stderr_is_journal())
-    _active._subscribe()
-    take_over_supervisor_log(supervisord.options.logger, _active)
-    return _active
+    relay = LogRelay(stderr_is_journal())
+    install("logrelay", relay)
+    take_over_supervisor_log(supervisord.options.logger, relay)
+    return relay
