@@ -154,15 +154,19 @@ def build_package(out: Path) -> Path:
     """What `make deb` runs, into `out` (tools installed as tests/test_deb.py does), plus
     the same package as a newer version, `out/newer.deb`, for upgrades. Bind `out`
     into a machine (binds_ro=[f"{out}:/share"]) to install them there. The build's
-    work dir is a private one: the Makefile's shared build/deb would let a concurrent
-    `make deb` in the same checkout pull the tree away under this one."""
+    work dir is a private one: with the Makefile's shared build/deb, a concurrent
+    `make deb` in the same checkout would pull the tree away under this one."""
     from tests import test_deb  # its tools and helpers; importing runs none of its tests
     test_deb.ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="deb-work-"))
+    # Not the caller's PYTHONPATH or venv: with the checkout on PYTHONPATH, the build's
+    # pip finds criproxy "already installed" and the package lacks bin/criproxy.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
     try:
         proc = subprocess.run(["/usr/bin/python3", "packaging/deb/build.py", "--out", str(out),
-                               "--work", str(work)], cwd=REPO, capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT)
+                               "--work", str(work)], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=BUILD_TIMEOUT)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if proc.returncode != 0:
