@@ -350,6 +350,18 @@ def cleanup(name: str) -> None:
     shutil.rmtree(PROPAGATE / name, ignore_errors=True)
 
 
+def sweep_stale() -> None:
+    """Remove what a test process killed before its teardown left: the empty cgroups
+    and propagate dirs of machines whose creator (the pid in the name) is gone."""
+    for path in [*Path("/sys/fs/cgroup").glob("*/nspawn-*"), *PROPAGATE.glob("*")]:
+        found = re.search(r"-(\d+)-[0-9a-f]{6}$", path.name)
+        if found and not Path(f"/proc/{found[1]}").exists():
+            if path.parent == PROPAGATE:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                remove_cgroups([path])  # refused while a process is still inside
+
+
 @contextlib.contextmanager
 def booted(name: str, binds: Sequence[str] = (), binds_ro: Sequence[str] = (),
            private_network: bool = True, extra: Sequence[str] = ()) -> Iterator[Machine]:
@@ -360,6 +372,7 @@ def booted(name: str, binds: Sequence[str] = (), binds_ro: Sequence[str] = (),
     (only `lo`): a service's loopback port inside cannot clash with the host's.
     """
     root = ensure_root()
+    sweep_stale()
     full = machine_name(name)
     args = ["--volatile=overlay", *(f"--bind={b}" for b in binds),
             *(f"--bind-ro={b}" for b in binds_ro), *extra]
