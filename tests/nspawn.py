@@ -11,7 +11,8 @@ module follows it:
   each boot starts from the clean root), in a cgroup of its own, waits until
   systemd says the system is up, and always tears everything down again;
 - Machine: runs commands inside (nsenter) and maps paths inside to the host
-  (/proc/LEADER/root/...), which is how the tests reach unix sockets inside.
+  (/proc/LEADER/root/...), which is how the tests reach unix sockets inside;
+- build_package(out): the .deb (and a newer build of it) to bind in and install.
 
 Host directories go in with binds (`--bind=HOST:INSIDE`): unix sockets of
 runtimes served on the host work through them.
