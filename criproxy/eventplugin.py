@@ -24,8 +24,10 @@ class EventPlugin:
             events.subscribe(kind, callback)
 
     def _unsubscribe(self) -> None:
+        # A reload (SIGHUP) clears every subscription before it loads plugins again.
         for kind, callback in self._subscriptions:
-            events.unsubscribe(kind, callback)
+            if (kind, callback) in events.callbacks:
+                events.unsubscribe(kind, callback)
 
 
 def install(name: str, plugin: EventPlugin) -> EventPlugin:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from supervisor import events, loggers
+from supervisor.options import ServerOptions
 
 from criproxy.eventplugin import EventPlugin, install
 
@@ -37,11 +38,13 @@ _SUPERVISOR_PRIORITY = {loggers.LevelsByName.CRIT: 2, loggers.LevelsByName.ERRO:
 # supervisord's levels for its own process events suit an interactive daemon,
 # not a journal: a program that crashed or was given up on is logged at INFO,
 # an ordered stop at WARN, and the control socket's lack of a password (it is
-# 0700 in criproxy's 0700 runtime dir) at CRIT. These get the priority they mean here.
+# 0700 in criproxy's 0700 runtime dir) and running as root at CRIT. These get the priority they mean here.
+_LETTER = {2: "C", 3: "E", 4: "W", 6: "I"}
 _SUPERVISOR_NOTICES = (
     (re.compile(r"^(spawnerr|gave up): "), 3),
     (re.compile(r"^exited: .*not expected\)$|^killing "), 4),
-    (re.compile(r"^stopped: |running without any HTTP authentication"), 6),
+    (re.compile(r"^stopped: |running without any HTTP authentication|"
+                r"^Supervisor is running as root"), 6),
 )
 
 
@@ -74,17 +77,25 @@ def priority_line(line: bytes, channel: str, writer: bytes) -> tuple[int, bytes]
     return prio, writer + b" " + line
 
 
-class LogRelay(EventPlugin):
+class Output:
+    """criproxy's stderr: lines with their priority prefix on the journal, bare elsewhere."""
+
     def __init__(self, journal: bool, fd: int = 2) -> None:
+        self.journal = journal
+        self.fd = fd
+
+    def write(self, lines: Iterable[tuple[int, bytes]]) -> None:
+        prefix = (lambda prio: b"<%d>" % prio) if self.journal else (lambda _prio: b"")
+        write_all(self.fd, b"".join(prefix(prio) + text + b"\n" for prio, text in lines))
+
+
+class LogRelay(EventPlugin):
+    def __init__(self, output: Output) -> None:
         super().__init__([(events.ProcessLogStdoutEvent, self._on_output),
                           (events.ProcessLogStderrEvent, self._on_output),
                           (events.Tick5Event, self._flush_partial)])
-        self.journal = journal
-        self.fd = fd
+        self.output = output
         self._partial: dict[tuple[str, str], bytes] = {}
-
-    def _encode(self, prio: int, text: bytes) -> bytes:
-        return (b"<%d>" % prio if self.journal else b"") + text + b"\n"
 
     def _on_output(self, event: Any) -> None:
         """A chunk of a program's output: write its complete lines, keep the rest."""
@@ -96,14 +107,13 @@ class LogRelay(EventPlugin):
         elif rest:
             self._partial[key] = rest
         writer = b"%s[%d]" % (key[0].encode(), event.pid)
-        write_all(self.fd, b"".join(
-            self._encode(*priority_line(line, event.channel, writer)) for line in lines))
+        self.output.write(priority_line(line, event.channel, writer) for line in lines)
 
     def _flush_partial(self, _event: Any = None) -> None:
         """A line left unfinished (its writer died mid-line) is written on the next tick."""
         for (name, channel), rest in list(self._partial.items()):
             del self._partial[(name, channel)]
-            write_all(self.fd, self._encode(*priority_line(rest, channel, name.encode())))
+            self.output.write([priority_line(rest, channel, name.encode())])
 
 
 def supervisor_priority(level: int, message: str) -> int:
@@ -114,19 +124,20 @@ def supervisor_priority(level: int, message: str) -> int:
 
 
 class SupervisorLines(loggers.Handler):
-    """supervisord's own log lines, in the programs' format, to the relay's fd."""
+    """supervisord's own log lines, in the programs' format, to criproxy's stderr."""
 
-    def __init__(self, relay: LogRelay, level: int) -> None:
+    def __init__(self, output: Output, level: int) -> None:
         super().__init__()
-        self.relay = relay
+        self.output = output
         self.level = level
-        self.fmt = f"%(asctime)s %(levelname).1s supervisord[{os.getpid()}] %(message)s"
 
     def emit(self, record: Any) -> None:
-        text = (self.fmt % record.asdict()).rstrip("\n").encode("utf-8", "replace")
-        prio = supervisor_priority(record.level, record.asdict()["message"])
-        write_all(self.relay.fd, b"".join(self.relay._encode(prio, line)
-                                          for line in text.split(b"\n")))
+        """One line in the programs' form; its level letter says the priority it got."""
+        fields = record.asdict()
+        prio = supervisor_priority(record.level, fields["message"])
+        text = (f"{fields['asctime']} {_LETTER.get(prio, 'D')} supervisord[{os.getpid()}] "
+                f"{fields['message'].rstrip()}").encode("utf-8", "replace")
+        self.output.write((prio, line) for line in text.split(b"\n"))
 
     def flush(self) -> None:
         pass
@@ -135,16 +146,26 @@ class SupervisorLines(loggers.Handler):
         pass
 
 
-def take_over_supervisor_log(logger: Any, relay: LogRelay) -> None:
-    """Replace supervisord's stdout handler (its logfile is /dev/null) with ours."""
-    kept = [h for h in logger.handlers
-            if not isinstance(h, (loggers.StreamHandler, SupervisorLines))]
-    logger.handlers[:] = kept + [SupervisorLines(relay, logger.level)]
+class RelayedOptions(ServerOptions):
+    """supervisord's options, its own lines in criproxy's form from the very first:
+    its stdout handler would write a few before any plugin is loaded."""
+
+    def make_logger(self) -> None:
+        parsed = [(self.parse_criticals, loggers.LevelsByName.CRIT),
+                  (self.parse_warnings, loggers.LevelsByName.WARN),
+                  (self.parse_infos, loggers.LevelsByName.INFO)]
+        self.parse_criticals, self.parse_warnings, self.parse_infos = [], [], []
+        super().make_logger()
+        kept = [h for h in self.logger.handlers if not isinstance(h, loggers.StreamHandler)]
+        self.logger.handlers[:] = kept + [SupervisorLines(Output(stderr_is_journal()),
+                                                          self.logger.level)]
+        for messages, level in parsed:
+            for message in messages:
+                self.logger.log(level, message)
 
 
-def make_relay(supervisord: Any) -> LogRelay:
+def make_relay(_supervisord: Any) -> LogRelay:
     """supervisord's rpcinterface factory; a reload replaces the previous relay."""
-    relay = LogRelay(stderr_is_journal())
+    relay = LogRelay(Output(stderr_is_journal()))
     install("logrelay", relay)
-    take_over_supervisor_log(supervisord.options.logger, relay)
     return relay

@@ -62,11 +62,30 @@ def write_runtime_files(config: Config) -> Path:
 
 def run_supervised(config: Config) -> int:
     """Run supervisord in the foreground; it handles SIGTERM/SIGINT itself."""
-    from supervisor import supervisord
     conf = write_runtime_files(config)
     proctitle.show_supervisor(config)
-    supervisord.main(args=["-n", "-c", str(conf)])
+    _run_supervisord(conf)
     return _exit_code(Path(config.rundir))
+
+
+def _run_supervisord(conf: Path) -> None:
+    """supervisord's own main loop, with criproxy's options (logrelay.RelayedOptions);
+    a reload (SIGHUP) runs it again on the same configuration."""
+    from supervisor import supervisord
+    from supervisor.states import SupervisorStates
+
+    from criproxy.logrelay import RelayedOptions
+    first = True
+    while True:
+        options = RelayedOptions()
+        options.realize(["-n", "-c", str(conf)], doc=supervisord.__doc__)
+        options.first, options.test = first, False
+        supervisord.go(options)
+        options.close_httpservers()
+        options.close_logger()
+        first = False
+        if options.mood < SupervisorStates.RESTARTING:
+            return
 
 
 def _exit_code(rundir: Path) -> int:

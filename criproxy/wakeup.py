@@ -47,21 +47,17 @@ class SignalWakeup:
     def handle_error(self) -> None:
         pass
 
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
-        os.close(self.read_fd)
-        os.close(self.write_fd)
-
 
 _active: SignalWakeup | None = None
 
 
 def make_wakeup(supervisord: Any) -> object:
-    """supervisord's rpcinterface factory; a reload replaces the previous pipe."""
+    """supervisord's rpcinterface factory; a reload replaces the previous pipe. The
+    reload closed its fds already (supervisord closes every fd from 5 up), and their
+    numbers may be another's by now: forget them, never close them."""
     global _active
-    if _active is not None:
-        asyncore.socket_map.pop(_active.read_fd, None)
-        _active.close()
+    if _active is not None and asyncore.socket_map.get(_active.read_fd) is _active:
+        del asyncore.socket_map[_active.read_fd]
     _active = SignalWakeup()
     asyncore.socket_map[_active.read_fd] = _active
     return object()
