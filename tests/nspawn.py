@@ -72,9 +72,10 @@ def ensure_root() -> Path:
     root = root_path()
     if root_is_current(root):
         return root
+    from tests.test_deb import locked  # the machine-wide lock the package tests use too
     ensure_host_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
-    with file_lock(LOCK):
+    with locked(LOCK, BUILD_TIMEOUT):
         if not root_is_current(root):
             build_root(root)
     return root
@@ -87,26 +88,6 @@ def ensure_host_tools() -> None:
                                      ("nsenter", "util-linux")) if not shutil.which(tool)]
     if missing:
         runtimes_script().apt_install(missing, lock_timeout=BUILD_TIMEOUT)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on `path`, waiting for another run's build (bounded)."""
-    import fcntl
-    with open(path, "a") as handle:
-        deadline = time.monotonic() + BUILD_TIMEOUT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path} still locked after {BUILD_TIMEOUT}s")
-                time.sleep(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def apt_mirror() -> str:
