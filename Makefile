@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench deb clean
+.PHONY: venv demo test bench bench-restart deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: venv
 
 bench: venv
 	$(VPY) bench/run.py
+
+# How long kubelet's calls fail across criproxy restarts, under a real systemd (root).
+bench-restart: venv
+	$(VPY) bench/restart.py
 
 # $(DIST)/criproxy_<version>_<arch>.deb, built with Debian's own python3 (packaging/deb/).
 DIST ?= dist
