@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench bench-restart deb clean
+.PHONY: venv demo test bench bench-restart soak deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: venv
 
 bench: venv
 	$(VPY) bench/run.py
+
+# Pod churn with a fault a minute against real containerd (root): nothing lost, leaked or grown.
+SOAK_MINUTES ?= 10
+soak: venv
+	SOAK_MINUTES=$(SOAK_MINUTES) $(VPY) bench/soak.py
 
 # How long kubelet's calls fail across criproxy restarts, under a real systemd (root).
 bench-restart: venv
