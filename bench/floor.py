@@ -9,7 +9,7 @@ Each figure is the median of interleaved rounds (direct, bare, criproxy, ...).
 
 The bare chain is a grpc.aio server that sends every request's bytes over
 ZeroMQ (DEALER, msgpack envelope, plain socket driven by the loop, as in
-criproxy/zmqloop.py) to a worker process, which makes the call with a grpc.aio
+criproxy/wire/zmqloop.py) to a worker process, which makes the call with a grpc.aio
 client and sends the answer back. No routing, parsing, metrics, heartbeats,
 logging or supervision; the caller's deadline does travel with the call, as
 criproxy must pass it on. Whatever the bare chain costs over direct
@@ -43,7 +43,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from criproxy.zmqloop import LoopSocket  # noqa: E402
+from criproxy.wire.zmqloop import LoopSocket  # noqa: E402
 
 
 # ------------------------------------------------------------------ the bare chain

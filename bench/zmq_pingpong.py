@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """CPU cost of one ZeroMQ DEALER/ROUTER round trip between two asyncio processes,
-with pyzmq's asyncio sockets (as criproxy used them before criproxy/zmqloop.py)
+with pyzmq's asyncio sockets (as criproxy used them before criproxy/wire/zmqloop.py)
 and, on the client side, with a plain socket driven by loop.add_reader.
 
     .venv/bin/python bench/zmq_pingpong.py

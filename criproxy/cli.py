@@ -11,14 +11,16 @@ import asyncio
 import sys
 from importlib import metadata
 
-from criproxy import install, logs, proctitle, status
-from criproxy.lifeline import die_with_parent
+from criproxy import logs
+from criproxy.ops import install, status
+from criproxy.process import proctitle
+from criproxy.process.lifeline import die_with_parent
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, config_from_args,
                                load_settings_file, report_boot_failure)
 
 
 def run(argv: list[str]) -> int:
-    from criproxy.supervise import run_supervised
+    from criproxy.process.supervise import run_supervised
     try:
         config = config_from_args(argv)
         return run_supervised(config)
@@ -28,7 +30,7 @@ def run(argv: list[str]) -> int:
 
 
 def front(argv: list[str]) -> int:
-    from criproxy.front import Front
+    from criproxy.front.front import Front
     parser = argparse.ArgumentParser(prog="criproxy front")
     parser.add_argument("--settings", required=True, help="resolved settings file")
     args = parser.parse_args(argv)
@@ -47,7 +49,7 @@ def front(argv: list[str]) -> int:
 
 
 def run_doctor(argv: list[str]) -> int:
-    from criproxy import doctor  # grpc and the CRI stubs: not for supervisord's process
+    from criproxy.ops import doctor  # grpc and the CRI stubs: not for supervisord's process
     return doctor.main(argv)
 
 

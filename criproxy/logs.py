@@ -4,7 +4,7 @@
 verbosity reaches the level the routing table gives their method.
 
 Every line starts with its syslog priority as `<N>` (sd-daemon(3)'s
-convention): supervisord's log relay (criproxy/logrelay.py) reads it to give
+convention): supervisord's log relay (criproxy/process/logrelay.py) reads it to give
 the journal the line's priority, and strips it everywhere else.
 """
 from __future__ import annotations

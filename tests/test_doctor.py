@@ -17,9 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from criproxy import doctor, doctor_systemd
-from criproxy.doctor import FAIL, OK, WARN, Finding
-from criproxy.doctor_systemd import UnitState, check_drop_ins, check_unit, unit_state
+from criproxy.ops import doctor, doctor_systemd
+from criproxy.ops.doctor import FAIL, OK, WARN, Finding
+from criproxy.ops.doctor_systemd import UnitState, check_drop_ins, check_unit, unit_state
 from tests.fakeruntime import FakeRuntime, start_fake
 from tests.harness import short_dir
 
@@ -63,7 +63,7 @@ def fake_systemctl(**props: str):
 
 
 def serve(path: Path) -> socket.socket:
-    """A socket that accepts connections at `path` (all _probe_socket asks of it)."""
+    """A socket that accepts connections at `path` (all probe_socket asks of it)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen()

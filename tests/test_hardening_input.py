@@ -32,8 +32,8 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from criproxy.naming import is_digest
-from criproxy.routing import METHODS, Rule
+from criproxy.front.naming import is_digest
+from criproxy.front.routing import METHODS, Rule
 from tests.conftest import Cluster, start_cluster, stop_cluster
 
 RT = "/runtime.v1.RuntimeService/"

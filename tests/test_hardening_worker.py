@@ -18,8 +18,8 @@ import pytest
 import zmq
 from cri_api.v1 import api_pb2 as cri
 
-from criproxy import protocol
 from criproxy.settings import load_settings_file
+from criproxy.wire import protocol
 from tests.conftest import Cluster, start_cluster, stop_cluster
 
 RT = "/runtime.v1.RuntimeService/"

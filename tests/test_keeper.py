@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from supervisor.states import SupervisorStates
 
-from criproxy import keeper
+from criproxy.process import keeper
 from criproxy.settings import BOOT_FAILURE_FILE
 
 # --- the keeper's decisions, unit level -------------------------------------------------

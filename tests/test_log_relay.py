@@ -24,7 +24,7 @@ from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 from supervisor import events
 
-from criproxy import logrelay
+from criproxy.process import logrelay
 from tests.fakeruntime import start_fake
 from tests.harness import REPO, Proxy, short_dir
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from criproxy.naming import Names, is_digest, prefix_id, prefix_image
-from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
+from criproxy.front.naming import Names, is_digest, prefix_id, prefix_image
+from criproxy.front.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
 
 DIGEST = "sha256:" + "ab" * 32
 NAMES = Names(["", "alt", "virtlet.cloud"])

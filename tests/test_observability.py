@@ -23,8 +23,8 @@ from cri_api.v1 import api_pb2 as cri
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from criproxy import metrics
-from criproxy.doctor import config_value, flag_value
+from criproxy.ops import metrics
+from criproxy.ops.doctor import config_value, flag_value
 from criproxy.settings import ConfigError, config_from_args
 from tests.conftest import Cluster, start_cluster, stop_cluster
 from tests.fakeruntime import start_fake

@@ -17,7 +17,7 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 
-from criproxy import recordfile
+from criproxy.record import recordfile
 from tests.conftest import Cluster, start_cluster, stop_cluster
 from tests.harness import start_proxy
 from tests.routing_util import TARGET, unique

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from criproxy import imagepods, listfilter, podrecord, recordfile
-from criproxy.podrecord import PodRecord
+from criproxy.front import imagepods
+from criproxy.record import listfilter, podrecord, recordfile
+from criproxy.record.podrecord import PodRecord
 from criproxy.settings import config_from_values
 
 UID = "io.kubernetes.pod.uid"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from criproxy import protocol
+from criproxy.wire import protocol
 
 
 def test_round_trip() -> None:

@@ -17,7 +17,7 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc
 
-from criproxy import readiness
+from criproxy.process import readiness
 from tests.fakeruntime import start_fake
 from tests.harness import Proxy, short_dir, start_proxy
 

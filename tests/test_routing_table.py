@@ -4,9 +4,9 @@ from __future__ import annotations
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1alpha2 import api_pb2 as cri_v1alpha2
 
-from criproxy.routing import (CHANGE, LIST, METHODS, STATUS, Digest, Rule, field_value,
-                              target_runtime_annotation)
-from criproxy.rewrite import plan_for
+from criproxy.front.rewrite import plan_for
+from criproxy.front.routing import (CHANGE, LIST, METHODS, STATUS, Digest, Rule, field_value,
+                                    target_runtime_annotation)
 
 
 def _service_methods(api) -> set[str]:

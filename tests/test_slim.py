@@ -1,4 +1,4 @@
-"""Slim classes (criproxy/slim.py): prefixing through them gives the same messages."""
+"""Slim classes (criproxy/front/slim.py): prefixing through them gives the same messages."""
 from __future__ import annotations
 
 import itertools
@@ -7,9 +7,9 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from criproxy.rewrite import add_prefixes, plan_for
-from criproxy.routing import METHODS
-from criproxy.slim import slim_class
+from criproxy.front.rewrite import add_prefixes, plan_for
+from criproxy.front.routing import METHODS
+from criproxy.front.slim import slim_class
 
 RESPONSES = sorted({m.response for m in METHODS.values()}, key=lambda c: c.DESCRIPTOR.full_name)
 _counter = itertools.count()

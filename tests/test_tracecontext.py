@@ -1,5 +1,5 @@
-"""Unit tests of the trace context (criproxy/tracecontext.py) and of criproxy's
-spans (criproxy/tracing.py); tests/test_tracing.py runs them in the real proxy.
+"""Unit tests of the trace context (criproxy/wire/tracecontext.py) and of criproxy's
+spans (criproxy/ops/tracing.py); tests/test_tracing.py runs them in the real proxy.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace import StatusCode as SpanStatus
 
-from criproxy import protocol, tracecontext
+from criproxy.ops import spans
+from criproxy.ops.tracing import Tracer
 from criproxy.settings import ConfigError, config_from_args
-from criproxy.tracing import Tracer
+from criproxy.wire import protocol, tracecontext
 from tests.harness import REPO
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -100,7 +101,7 @@ def test_without_spans_the_context_passes_unchanged() -> None:
     assert span.carried == {"traceparent": TRACEPARENT}
     assert span.metadata == (("traceparent", TRACEPARENT),)
     assert tracecontext.begin(None, VERSION, None).metadata is None
-    assert tracecontext.load_tracer("", "front") is None
+    assert spans.load_tracer("", "front") is None
 
 
 # --- spans, unit ---------------------------------------------------------------------
@@ -158,7 +159,7 @@ def test_a_span_records_the_grpc_code_of_the_error_that_ended_it() -> None:
 
 def test_spans_off_never_import_opentelemetry() -> None:
     """Off, tracing must cost the front and the workers no memory or start-up time."""
-    probe = ("import sys, criproxy.front, workers.worker; "
+    probe = ("import sys, criproxy.front.front, workers.worker; "
              "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, cwd=REPO, check=True).stdout

@@ -13,9 +13,9 @@ from cri_api.v1alpha2 import api_pb2 as v1alpha2
 from cri_api.v1alpha2 import api_pb2_grpc as v1alpha2_grpc
 from google.protobuf.descriptor import FieldDescriptor
 
-from criproxy.naming import Names
-from criproxy.rewrite import ID_FIELDS, IMAGE_FIELDS, IMAGE_ID_MESSAGES, strip_prefixes
-from criproxy.routing import METHODS, Rule
+from criproxy.front.naming import Names
+from criproxy.front.rewrite import ID_FIELDS, IMAGE_FIELDS, IMAGE_ID_MESSAGES, strip_prefixes
+from criproxy.front.routing import METHODS, Rule
 from tests.fakeruntime import FakeRuntime, start_fake
 from tests.harness import Proxy, short_dir, start_proxy
 

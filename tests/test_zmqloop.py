@@ -1,4 +1,4 @@
-"""LoopSocket: a plain ZeroMQ socket driven by the asyncio loop (criproxy/zmqloop.py).
+"""LoopSocket: a plain ZeroMQ socket driven by the asyncio loop (criproxy/wire/zmqloop.py).
 
 ZMQ_FD is edge-triggered, so the ways a message can be missed are: a socket
 whose FD was never armed, and an edge consumed by a send. Each has a test.
@@ -17,7 +17,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from criproxy.zmqloop import LoopSocket
+from criproxy.wire.zmqloop import LoopSocket
 from tests.harness import short_dir
 
 WAIT = 5.0

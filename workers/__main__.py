@@ -8,8 +8,9 @@ import argparse
 import asyncio
 import sys
 
-from criproxy import logs, proctitle
-from criproxy.lifeline import die_with_parent
+from criproxy import logs
+from criproxy.process import proctitle
+from criproxy.process.lifeline import die_with_parent
 from criproxy.settings import ConfigError, load_settings_file, report_boot_failure
 from workers.worker import Worker
 

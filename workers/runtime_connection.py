@@ -16,8 +16,8 @@ from typing import AsyncIterator
 import grpc
 import grpc.aio
 
-from criproxy.protocol import RuntimeState
 from criproxy.settings import Runtime
+from criproxy.wire.protocol import RuntimeState
 
 log = logging.getLogger("criproxy.worker")
 
@@ -116,7 +116,7 @@ class RuntimeConnection:
 
     async def call(self, method: str, body: bytes, timeout: float | None,
                    metadata: Metadata | None = None) -> bytes:
-        """`metadata`: the call's trace context (tracecontext.py), nothing else."""
+        """`metadata`: the call's trace context (criproxy/wire/tracecontext.py), nothing else."""
         self._check_up()
         return await self._raw_call(self._path(method), body, timeout, metadata)
 

@@ -16,9 +16,10 @@ from typing import Any
 import grpc
 import zmq
 
-from criproxy import protocol, tracecontext
+from criproxy.ops import spans
 from criproxy.settings import Config, Runtime
-from criproxy.zmqloop import LoopSocket
+from criproxy.wire import protocol, tracecontext
+from criproxy.wire.zmqloop import LoopSocket
 from workers.runtime_connection import CallFailed, RuntimeConnection
 
 log = logging.getLogger("criproxy.worker")
@@ -32,7 +33,7 @@ class Worker:
         self.incarnation = secrets.token_hex(8)
         self.started = time.monotonic()
         self.connection = RuntimeConnection(runtime)
-        self.tracer = tracecontext.load_tracer(config.otlp_endpoint, "worker", runtime.label)
+        self.tracer = spans.load_tracer(config.otlp_endpoint, "worker", runtime.label)
         self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self._stop = asyncio.Event()
         self._ctx = zmq.Context()

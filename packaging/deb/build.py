@@ -35,7 +35,7 @@ MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 SOURCES = ("pyproject.toml", "README.md", "criproxy", "workers")
 TOOLS = {"dpkg-deb": "dpkg", "dpkg-shlibdeps": "dpkg-dev", "strip": "binutils"}
 # Imported once before the environment is relocated: a broken wheel fails the build.
-SMOKE_TEST = ("import criproxy.cli, criproxy.front, workers.worker, grpc, zmq, msgpack, "
+SMOKE_TEST = ("import criproxy.cli, criproxy.front.front, workers.worker, grpc, zmq, msgpack, "
               "setproctitle, google._upb._message, supervisor.supervisord")
 NOT_SHIPPED = ("include", "lib/python3.*/site-packages/*/tests")  # headers dir, test suites
 

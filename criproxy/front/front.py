@@ -22,12 +22,16 @@ import zmq
 from google.protobuf import text_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from criproxy import logs, metrics, podrecord, readiness, tracecontext
-from criproxy.dispatch import Dispatcher, routed_to
-from criproxy.instance import refuse_live_socket
-from criproxy.routing import METHODS, Method, Rule
+from criproxy import logs
+from criproxy.front.dispatch import Dispatcher, routed_to
+from criproxy.front.routing import METHODS, Method, Rule
+from criproxy.front.workerlink import CallError, WorkerLink
+from criproxy.ops import metrics, spans
+from criproxy.process import readiness
+from criproxy.process.instance import refuse_live_socket
+from criproxy.record import podrecord
 from criproxy.settings import Config, ConfigError
-from criproxy.workerlink import CallError, WorkerLink
+from criproxy.wire import tracecontext
 
 log = logging.getLogger("criproxy.front")
 
@@ -178,7 +182,7 @@ class Front:
         # UNIMPLEMENTED: handlers are consulted in the order they were added.
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.tracer = tracecontext.load_tracer(config.otlp_endpoint, "front")
+        self.tracer = spans.load_tracer(config.otlp_endpoint, "front")
         self.dispatcher = Dispatcher(config, self.links)
         self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher, self.tracer)])
         self._health_changed = asyncio.Event()

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from supervisor import events, loggers
 from supervisor.options import ServerOptions
 
-from criproxy.eventplugin import EventPlugin, install
+from criproxy.process.eventplugin import EventPlugin, install
 
 # Lines a process writes without a priority (an uncaught traceback, grpc's own
 # C-core logging) take one from their channel, or from glog's level letter.

@@ -19,8 +19,8 @@ from typing import Callable
 from google.protobuf.message import Message
 
 from cri_api.v1 import api_pb2 as v1
-from criproxy.podrecord import PodRecord
-from criproxy.routing import TARGET_RUNTIME_ANNOTATION
+from criproxy.front.routing import TARGET_RUNTIME_ANNOTATION
+from criproxy.record.podrecord import PodRecord
 
 Matcher = Callable[[v1.PodSandbox], bool]
 

@@ -13,8 +13,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from criproxy import proctitle
-from criproxy.instance import hold_rundir, refuse_live_socket
+from criproxy.process import proctitle
+from criproxy.process.instance import hold_rundir, refuse_live_socket
 from criproxy.settings import BOOT_FAILURE_FILE, EXIT_CONFIG_ERROR, Config, ConfigError, to_values
 # A crash-looping program is retried this long after supervisord gives up on it.
 RETRY_AFTER = 5.0
@@ -74,7 +74,7 @@ def _run_supervisord(conf: Path) -> None:
     from supervisor import supervisord
     from supervisor.states import SupervisorStates
 
-    from criproxy.logrelay import RelayedOptions
+    from criproxy.process.logrelay import RelayedOptions
     first = True
     while True:
         options = RelayedOptions()

@@ -10,20 +10,23 @@ incoming metadata is passed on, and a value that breaks the W3C format is
 dropped without failing the call.
 
 When -otlpEndpoint is set, the front and each worker also make spans of their
-own (criproxy/tracing.py) and the context passed on names their span as the
-parent. When it is not, `begin` returns a `Passthrough` and the context passes
-unchanged; the OpenTelemetry SDK is then never imported.
+own (criproxy/ops/tracing.py, loaded by criproxy/ops/spans.py) and the context
+passed on names their span as the parent. When it is not, `begin` returns a
+`Passthrough` and the context passes unchanged; the OpenTelemetry SDK is then
+never imported.
+
+This module imports nothing of criproxy's: the front and the workers share it
+(it is part of the envelope, "tc"), and criproxy/ops/tracing.py builds its
+spans on `Passthrough`. A tracer reaches it only as an argument (`Tracer`
+below says what one must do).
 """
 from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol
+from typing import Any, Iterable, Optional, Protocol
 
 import grpc
-
-if TYPE_CHECKING:
-    from criproxy.tracing import Tracer
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -142,6 +145,14 @@ class Span(Protocol):
         """Finishes the span with the outcome of the block (tracing.CallSpan)."""
 
 
+class Tracer(Protocol):
+    """What makes criproxy's own spans: criproxy/ops/tracing.py's Tracer."""
+
+    def span(self, path: str, context: Optional[Carried]) -> Span: ...
+
+    def close(self) -> None: ...
+
+
 class Passthrough:
     """No span of criproxy's own: the trace context passes on unchanged."""
 
@@ -183,12 +194,3 @@ def received(tracer: Optional[Tracer], path: str,
     carried.set(span.carried)
     return span
 
-
-def load_tracer(endpoint: str, process: str, runtime: str = "") -> Optional[Tracer]:
-    """A Tracer exporting to `endpoint`, or None when spans are off ("")."""
-    if not endpoint:
-        return None
-    # Imported only now: the OpenTelemetry SDK and exporter would cost every
-    # process memory and start-up time for nothing when spans are off.
-    from criproxy.tracing import otlp_tracer
-    return otlp_tracer(endpoint, process, runtime)

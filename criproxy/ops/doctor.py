@@ -14,42 +14,26 @@ Exit code 1 when something must be fixed, 2 when there is no set-up to check.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import grp
 import json
 import os
 import re
 import shlex
-import socket
-import stat
 import time
 from pathlib import Path
 
 import grpc
 
 from cri_api.v1 import api_pb2
+from criproxy.ops import doctor_systemd
+from criproxy.ops.findings import FAIL, OK, TIMEOUT, WARN, Finding, probe_socket
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, Config, Runtime, build_parser,
                                config_from_args, load_settings_file)
 
 ENV_FILE = "/etc/criproxy/criproxy.env"
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
-TIMEOUT = 3.0
 # Version request and answer are the same on the wire in runtime.v1 and v1alpha2.
 CRI_VERSIONS = ("v1", "v1alpha2")
-
-OK, WARN, FAIL = "ok", "WARN", "FAIL"
-
-
-@dataclasses.dataclass
-class Finding:
-    level: str
-    text: str
-    fix: str = ""
-
-    def __str__(self) -> str:
-        line = f"{self.level:<4} {self.text}"
-        return line + (f"\n     fix: {self.fix}" if self.fix else "")
-
 
 # --- configuration ----------------------------------------------------------------
 
@@ -73,26 +57,6 @@ def _load_config(flags: list[str], rundir: str | None,
 
 
 # --- runtimes ---------------------------------------------------------------------
-
-def _probe_socket(path: str) -> str:
-    """Why nothing accepts connections at `path`; empty if something does."""
-    p = Path(path)
-    if not p.exists():
-        return f"{path} does not exist"
-    if not stat.S_ISSOCK(p.stat().st_mode):
-        return f"{path} is not a socket"
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(TIMEOUT)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        return f"nothing listens on {path} (a stale socket)"
-    except OSError as err:
-        return f"cannot connect to {path}: {err.strerror or err}"
-    finally:
-        probe.close()
-    return ""
-
 
 def cri_version(path: str) -> tuple[str, api_pb2.VersionResponse | None, str]:
     """(CRI version, Version answer, error) of the runtime at `path`."""
@@ -118,7 +82,7 @@ def check_runtime(runtime: Runtime, config: Config) -> list[Finding]:
     if os.path.realpath(runtime.socket) == os.path.realpath(config.listen):
         return [Finding(FAIL, f"{name} is criproxy's own listen socket",
                         "point -connect at the runtimes' sockets, not at -listen")]
-    why = _probe_socket(runtime.socket)
+    why = probe_socket(runtime.socket)
     if why:
         return [Finding(FAIL, f"{name}: {why}",
                         f"start the {runtime.label} runtime, or correct its socket in -connect")]
@@ -181,12 +145,12 @@ def check_listen(config: Config, unit_explains: bool = False) -> list[Finding]:
     if path.is_symlink() or (path.exists() and not path.is_socket()):
         return [Finding(FAIL, f"listen path {path} exists and is not a socket; "
                               "criproxy will not start", f"move {path} away")]
-    if unit_explains and _probe_socket(str(path)):
+    if unit_explains and probe_socket(str(path)):
         return []  # "start it" would be wrong advice for a unit that is started
     if not path.exists():
         return [Finding(WARN, f"criproxy is not running: no socket at {path}",
                         "start it: systemctl start criproxy")]
-    why = _probe_socket(str(path))
+    why = probe_socket(str(path))
     if why:
         return [Finding(FAIL, f"criproxy's listen socket: {why}: kubelet cannot reach any "
                               "runtime", "start criproxy (it replaces a stale socket)")]
@@ -335,8 +299,6 @@ def check_kubelet(config: Config, proc: str, config_path: str) -> list[Finding]:
 
 def diagnose(config: Config, proc: str = "/proc", kubelet_config: str = KUBELET_CONFIG,
              root: Path = Path("/"), systemctl: str = "systemctl") -> list[Finding]:
-    # Imported here: doctor_systemd imports Finding and _probe_socket from this module.
-    from criproxy import doctor_systemd
     unit = doctor_systemd.unit_state(root, doctor_systemd.run_systemctl(systemctl))
     found: list[Finding] = []
     for runtime in config.runtimes:

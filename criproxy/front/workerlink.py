@@ -17,10 +17,10 @@ import grpc
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from criproxy import protocol, tracecontext
-from criproxy.protocol import RuntimeState
 from criproxy.settings import Config, Runtime
-from criproxy.zmqloop import LoopSocket
+from criproxy.wire import protocol, tracecontext
+from criproxy.wire.protocol import RuntimeState
+from criproxy.wire.zmqloop import LoopSocket
 
 log = logging.getLogger("criproxy.front")
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from criproxy.doctor import FAIL, OK, WARN, Finding, _probe_socket
+from criproxy.ops.findings import FAIL, OK, WARN, Finding, probe_socket
 
 UNIT = "criproxy.service"
 # systemd's unit search path, highest precedence first.
@@ -96,7 +96,7 @@ def check_unit(state: UnitState | None, listen: str) -> list[Finding]:
 
 def _check_active(state: UnitState, listen: str) -> Finding:
     running = f"{UNIT} is active ({state.sub}, main pid {state.main_pid})"
-    why = _probe_socket(listen)
+    why = probe_socket(listen)
     if why:
         # The unit's processes may be failing to start, unseen by systemd (issue 19).
         return Finding(FAIL, f"{running} but nothing serves its listen socket: {why}",
@@ -178,7 +178,7 @@ def _check_drop_in_unit(path: Path, deps: list[str], unit: Path | None) -> list[
 
 def _check_drop_in_socket(path: Path, socket_path: str, listen: str) -> Finding:
     ours = os.path.realpath(socket_path) == os.path.realpath(listen)
-    why = _probe_socket(socket_path)
+    why = probe_socket(socket_path)
     if why:
         fix = ("start criproxy: systemctl start criproxy" if ours
                else f"point it at unix://{listen}, or rm {path} && systemctl daemon-reload")

@@ -18,15 +18,17 @@ import grpc
 from cri_api.v1 import api_pb2 as v1
 from google.protobuf.message import DecodeError, Message
 
-from criproxy import imagepods, logs, metrics
-from criproxy.naming import PRIMARY, Names
-from criproxy.podrecord import PodRecord
-from criproxy.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
-from criproxy.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Rule, field_value,
-                              target_runtime_annotation)
+from criproxy import logs
+from criproxy.front import imagepods
+from criproxy.front.naming import PRIMARY, Names
+from criproxy.front.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
+from criproxy.front.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Rule, field_value,
+                                    target_runtime_annotation)
+from criproxy.front.slim import slim_class
+from criproxy.front.workerlink import CallError, WorkerLink
+from criproxy.ops import metrics
+from criproxy.record.podrecord import PodRecord
 from criproxy.settings import Config
-from criproxy.slim import slim_class
-from criproxy.workerlink import CallError, WorkerLink
 
 log = logging.getLogger("criproxy.front")
 
@@ -294,6 +296,7 @@ class Dispatcher:
         if last is None:
             self._log_skipped(method, self.links[runtime], err)
             return None
+        metrics.last_answer_served(self.links[runtime].label, method.name)
         return self._present(runtime, method, last)
 
     def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:

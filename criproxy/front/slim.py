@@ -32,7 +32,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from criproxy.rewrite import MESSAGE, plan_for
+from criproxy.front.rewrite import MESSAGE, plan_for
 
 _POOL = descriptor_pool.DescriptorPool()
 _PACKAGE = "criproxy.slim."

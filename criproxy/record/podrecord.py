@@ -26,8 +26,8 @@ from typing import Any, Callable
 from google.protobuf.message import Message
 
 from cri_api.v1 import api_pb2 as v1
-from criproxy import listfilter, metrics, recordfile
-from criproxy.podchanges import CHANGES, Change
+from criproxy.record import listfilter, recordfile
+from criproxy.record.podchanges import CHANGES, Change
 from criproxy.settings import Config, Runtime
 
 log = logging.getLogger("criproxy.front")
@@ -166,7 +166,9 @@ class PodRecord:
 
     def last_answer(self, runtime: str, method: str, request: Message) -> bytes | None:
         """The runtime's last answer to this List, filtered as the runtime would;
-        None when there is none or it is older than -staleFor."""
+        None when there is none or it is older than -staleFor. The caller counts
+        the answers it serves (criproxy_list_stale_answers_total, front/dispatch.py):
+        the record imports nothing of the front's or of operations'."""
         record = self.runtimes[runtime]
         if method not in LISTS:
             return None
@@ -182,7 +184,6 @@ class PodRecord:
             log.warning("runtime %s cannot answer %s; answering from its last answer "
                         "(%.1fs old) until it does", record.runtime.label, method, age)
             record.serving_last.add(method)
-        metrics.last_answer_served(record.runtime.label, method)
         return _selected(record.view(), method, request)
 
     def _note_left_out(self, record: RuntimeRecord, method: str, why: str) -> None:

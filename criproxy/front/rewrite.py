@@ -13,7 +13,7 @@ from typing import Callable
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from criproxy.naming import Names, prefix_id, prefix_image
+from criproxy.front.naming import Names, prefix_id, prefix_image
 
 ID_FIELDS = frozenset({"id", "pod_sandbox_id", "container_id", "target_id"})
 IMAGE_FIELDS = frozenset({"image", "user_specified_image", "image_ref", "image_id",

@@ -10,7 +10,7 @@ Ended spans go to a BatchSpanProcessor: its own thread exports them, and a
 call only appends to its queue. A collector that is slow or gone never delays
 a call; when the queue is full, spans are dropped.
 
-Only criproxy/tracecontext.py imports this module, and only when spans are on.
+Only criproxy/ops/spans.py imports this module, and only when spans are on.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from criproxy.tracecontext import Carried, Passthrough
+from criproxy.wire.tracecontext import Carried, Passthrough
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Bounds how long a stopping process may spend on a collector that does not answer.

@@ -23,7 +23,7 @@ from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
 from supervisor.states import SupervisorStates
 from supervisor.xmlrpc import RPCError
 
-from criproxy.eventplugin import EventPlugin, install
+from criproxy.process.eventplugin import EventPlugin, install
 from criproxy.settings import BOOT_FAILURE_FILE
 
 
