@@ -15,7 +15,7 @@ Version every 20 ms from the host, restarts criproxy in each way a node does:
   (100 ms first, x1.6, at most 3 s), failing fast as kubelet's calls do.
 The figure is a client's outage: from its last answer before the restart to its
 first answer after it. Each scenario runs twice: with criproxy as built, and
-with supervisord's signal wakeup (criproxy/wakeup.py) taken out of the
+with supervisord's signal wakeup (criproxy/process/wakeup.py) taken out of the
 installed configuration, the way it ran before.
 Needs root.
 """
