@@ -235,3 +235,72 @@ def test_a_new_answer_is_written_at_the_next_relist_even_if_that_one_is_unchange
     record.answered("alt", "ListPodSandbox", ALL_PODS, both, 0)
 
     assert listed_pods(make_record(tmp_path)) == ["s1", "s2"]
+
+
+# --- the change journal stays bounded while a runtime's Lists do not answer -------------------
+
+
+def churn(record: PodRecord, first: int, count: int) -> None:
+    """kubelet's pod churn through criproxy: pod i runs with a started container, and the
+    pod before it goes (stopped, container removed, removed)."""
+    for i in range(first, first + count):
+        config = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name=f"p{i}", uid=f"u{i}"),
+                                      labels={UID: f"u{i}"})
+        record.observe("alt", "RunPodSandbox", cri.RunPodSandboxRequest(config=config),
+                       cri.RunPodSandboxResponse(pod_sandbox_id=f"s{i}").SerializeToString())
+        record.observe("alt", "CreateContainer", cri.CreateContainerRequest(
+            pod_sandbox_id=f"s{i}", config=cri.ContainerConfig(
+                metadata=cri.ContainerMetadata(name="c"), labels={UID: f"u{i}"})),
+            cri.CreateContainerResponse(container_id=f"c{i}").SerializeToString())
+        record.observe("alt", "StartContainer", cri.StartContainerRequest(container_id=f"c{i}"),
+                       b"")
+        if i > first or first > 0:
+            gone = f"{i - 1}"
+            record.observe("alt", "StopPodSandbox",
+                           cri.StopPodSandboxRequest(pod_sandbox_id=f"s{gone}"), b"")
+            record.observe("alt", "RemoveContainer",
+                           cri.RemoveContainerRequest(container_id=f"c{gone}"), b"")
+            record.observe("alt", "RemovePodSandbox",
+                           cri.RemovePodSandboxRequest(pod_sandbox_id=f"s{gone}"), b"")
+
+
+def journal_length(record: PodRecord) -> int:
+    return len(record.runtimes["alt"].changes)
+
+
+def test_the_journal_is_bounded_and_the_last_answer_still_right(record: PodRecord,
+                                                               monkeypatch) -> None:
+    monkeypatch.setattr(podrecord, "MAX_CHANGES", 20)
+    feed(record, [sandbox("kept", "uk")], [container("ck", "kept", "uk")])
+    lengths = []
+    for round_ in range(30):  # 30 pods' lives, 6 changes each: 9 times the bound
+        churn(record, round_, 1)
+        lengths.append(journal_length(record))
+    assert max(lengths) <= 20, lengths
+    assert sorted(listed_pods(record)) == ["kept", "s29"]
+    assert sorted(listed_containers(record)) == [("c29", cri.CONTAINER_RUNNING),
+                                                 ("ck", cri.CONTAINER_RUNNING)]
+
+
+def test_a_list_sent_before_the_journal_was_folded_is_dropped_the_next_taken(
+        record: PodRecord, monkeypatch) -> None:
+    monkeypatch.setattr(podrecord, "MAX_CHANGES", 20)
+    feed(record, [sandbox("kept", "uk")], [])
+    early = record.sent("alt")
+    churn(record, 0, 5)  # 27 changes: folded once
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("kept", "uk")), early)
+    assert sorted(listed_pods(record)) == ["kept", "s4"]  # the early answer would lose s4
+    record.answered("alt", "ListPodSandbox", ALL_PODS, pods_answer(sandbox("s4", "u4")),
+                    record.sent("alt"))
+    assert listed_pods(record) == ["s4"]
+
+
+def test_without_any_answer_the_journal_keeps_its_newest_half(record: PodRecord,
+                                                              monkeypatch) -> None:
+    monkeypatch.setattr(podrecord, "MAX_CHANGES", 20)
+    churn(record, 0, 30)
+    assert journal_length(record) <= 20
+    assert listed_pods(record) is None  # no answer of its own: still no last answer
+    assert record.pod_runtime(lambda pod: pod.metadata.uid == "u29") == "alt"  # image routing
+    feed(record, [sandbox("s29", "u29")], [container("c29", "s29", "u29")])
+    assert listed_pods(record) == ["s29"]

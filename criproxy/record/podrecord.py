@@ -35,6 +35,9 @@ log = logging.getLogger("criproxy.front")
 SANDBOXES, CONTAINERS = "ListPodSandbox", "ListContainers"
 LISTS = (SANDBOXES, CONTAINERS)
 _WRITE_EVERY = 1.0
+# kubelet's changes kept per runtime between two of its fresh answers (about 5
+# per pod's life: the churn of hundreds of pods while its Lists do not answer).
+MAX_CHANGES = 2000
 # An unchanged answer is written too now and then, so that the file tells its age.
 _REFRESH_FILE_EVERY = 10.0
 
@@ -89,6 +92,23 @@ class RuntimeRecord:
         self.seq += 1
         self.changes.append((self.seq, change))
         self._view = None
+        if len(self.changes) > MAX_CHANGES:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Bound the journal of a runtime whose Lists do not answer while kubelet
+        churns: with both answers kept, they take the changes in (as the record
+        file does) and the journal empties; a List already on its way then counts
+        as older and is dropped (the next relist is taken). Without an answer to
+        replay them onto, only the newest half is kept: a List sent that many
+        changes ago has long timed out."""
+        if all(m in self.answers for m in LISTS):
+            for method, (raw, taken) in self.lists().items():
+                self.answers[method] = Answer(raw, taken, self.seq)
+            self.changes = []
+        else:
+            self.changes = self.changes[-(MAX_CHANGES // 2):]
+            self._view = None
 
     def _prune(self) -> None:
         """Forget changes that every kept answer already shows."""
