@@ -69,12 +69,12 @@ class Calls:
                     return delay
         return None
 
-    def inflight_mutation(self, runtime: Optional[str]) -> Optional[str]:
+    def inflight_mutation(self, runtime: Optional[str], prefer: str = "") -> Optional[str]:
+        """A state-changing call in flight to `runtime` (any, if None): `prefer` if one is."""
         with self._lock:
-            for method, rt, _ in self.inflight.values():
-                if method in MUTATIONS and (runtime is None or rt == runtime):
-                    return method
-        return None
+            methods = {m for m, rt, _ in self.inflight.values()
+                       if m in MUTATIONS and (runtime is None or rt == runtime)}
+        return prefer if prefer in methods else next(iter(sorted(methods)), None)
 
     def call(self, method: str, request: object, runtime: str = "*", pod: str = "",
              timeout: float = CALL_TIMEOUT) -> object:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import time
 
@@ -73,12 +74,16 @@ class Faults:
             self.frozen = None
 
     def _strike_when_busy(self, runtime: str | None) -> str:
+        """Wait for a RunPodSandbox (else any state-changing call) in flight to `runtime`,
+        then let it get 10-50 ms into its way (containerd answers one in 50-70 ms)."""
         deadline = time.monotonic() + STRIKE_WAIT
         while time.monotonic() < deadline:
-            method = self.calls.inflight_mutation(runtime)
-            if method:
-                return f"while {method} was in flight"
-            time.sleep(0.005)
+            method = self.calls.inflight_mutation(runtime, prefer="RunPodSandbox")
+            if method == "RunPodSandbox" or (method and time.monotonic() > deadline - 1):
+                delay = random.uniform(0.01, 0.05)
+                time.sleep(delay)
+                return f"{delay * 1000:.0f} ms into a {method}"
+            time.sleep(0.002)
         return "with no state-changing call in flight"
 
     # ------------------------------------------------------------ the faults

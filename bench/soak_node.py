@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -136,11 +137,19 @@ class Node:
             return []
         return process_tree(proxy.proc.pid)
 
-    def rundir_files(self) -> int:
+    def rundir_files(self) -> tuple[int, int]:
+        """Files in criproxy's runtime dir, and the bytes of the regular ones."""
         proxy = self.proxy
-        if proxy is None:
-            return 0
-        return sum(1 for p in proxy.rundir.rglob("*") if not p.is_dir())
+        count = size = 0
+        if proxy is not None:
+            for path in proxy.rundir.rglob("*"):
+                with contextlib.suppress(OSError):
+                    info = path.lstat()
+                    if stat.S_ISDIR(info.st_mode):
+                        continue
+                    count += 1
+                    size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        return count, size
 
     def wait_front(self, old_pid: int, timeout: float = 60.0) -> int:
         """Until a front other than `old_pid` reports every runtime up; its pid."""

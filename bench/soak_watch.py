@@ -32,6 +32,10 @@ THRESHOLDS = {
     "fds": 2,
     "processes": 0,
     "rundir_files": 0,
+    # The record files hold each runtime's last answer: ~1 KB per pod or container, for
+    # 8-10 live pods. 16 KB is some 8 pods more than that; pods removed but kept would
+    # add ~2 KB per lifecycle, 40 KB a minute at the default churn.
+    "rundir_kb": 16.0,
 }
 
 
@@ -43,6 +47,7 @@ class Sample:
     fds: int
     processes: int
     rundir_files: int
+    rundir_kb: float
     by_role: dict[str, float]          # PSS MB by process title
 
 
@@ -84,8 +89,9 @@ def sample(node: Node) -> Sample | None:
         pss, rss, fds = pss + p, rss + r, fds + n
         role = _role(pid)
         by_role[role] = round(by_role.get(role, 0.0) + p / 1024, 1)
+    files, size = node.rundir_files()
     return Sample(time.monotonic(), round(pss / 1024, 1), round(rss / 1024, 1), fds,
-                  len(pids), node.rundir_files(), by_role)
+                  len(pids), files, round(size / 1024, 1), by_role)
 
 
 class Watch(threading.Thread):
