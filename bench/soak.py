@@ -169,6 +169,7 @@ def figures(args: argparse.Namespace, churn: Churn, calls: Calls, expect: Expect
                            "relist_failures": sum(bool(r.error) for r in during),
                            "detail": f.detail, "error": f.error})
     codes = {m: dict(c) for m, c in calls.stats.codes.items()}
+    stretches = calls.stats.all_stretches()
     return {
         "minutes": args.minutes, "args": {k: str(v) for k, v in vars(args).items()},
         "relists": relist_figures(pleg.relists),
@@ -176,6 +177,8 @@ def figures(args: argparse.Namespace, churn: Churn, calls: Calls, expect: Expect
         "call_p50_ms": {m: round(statistics.median(v) * 1000, 1)
                         for m, v in calls.stats.ok_seconds.items() if v},
         "call_errors": calls.stats.errors,
+        "call_stretches": stretches,
+        "call_stretch_max_s": max((x["seconds"] for x in stretches), default=0.0),
         "cancelled_calls": calls.cancelled,
         "faults": fault_rows,
         "fault_errors": [f for f in fault_rows if f["error"]],

@@ -99,7 +99,7 @@ class Calls:
         finally:
             with self._lock:
                 self.inflight.pop(key, None)
-        self.stats.ok(method, time.monotonic() - started)
+        self.stats.ok(method, time.monotonic() - started, runtime)
         return answer
 
     def _cancelled_call(self, func: object, method: str, request: object, runtime: str,

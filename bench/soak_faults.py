@@ -30,6 +30,7 @@ from soak_state import wall
 KINDS = ("worker-kill", "front-kill", "runtime-freeze", "runtime-restart",
          "criproxy-restart", "call-cancel")
 STRIKE_WAIT = 5.0
+RECOVER = 30.0     # seconds for criproxy to see a restarted runtime up (it redials within 1 s)
 CANCELS = [("RunPodSandbox", 0.05), ("RunPodSandbox", 0.4), ("CreateContainer", 0.1),
            ("StartContainer", 0.02), ("RemovePodSandbox", 0.05)]
 
@@ -122,11 +123,27 @@ class Faults:
         return f"containerd {pid} stopped for {self.freeze_seconds:.0f}s"
 
     def runtime_restart(self, target: str) -> str:
-        old = self.node.containerd_pid(target)
+        """Over when criproxy shows the runtime up again after the restart (its state's
+        `since` is later); an error if it does not within RECOVER s of the containerd
+        answering Version on its own socket (runtimes.start_daemon waits for that)."""
+        proxy = self.node.proxy
+        assert proxy is not None
+        old, t0 = self.node.containerd_pid(target), time.time()
         self.node.restart_runtime(target)
-        assert self.node.proxy is not None
-        self.node.proxy.wait_state(target, "up", 60)
-        return f"containerd {old} -> {self.node.containerd_pid(target)}"
+        answered = time.monotonic()
+        while True:
+            status = proxy.runtime_status(target)
+            if status["state"] == "up" and status["since"] >= t0:
+                break
+            if time.monotonic() > answered + RECOVER:
+                if status["state"] == "up":   # criproxy never saw it go
+                    break
+                raise RuntimeError(
+                    f"criproxy shows {target} {status['state']} ({status['reason']}) "
+                    f"{RECOVER:.0f}s after its containerd answered Version")
+            time.sleep(0.2)
+        return (f"containerd {old} -> {self.node.containerd_pid(target)}; criproxy up "
+                f"{time.monotonic() - answered:.1f}s after it answered")
 
     def criproxy_restart(self, target: str) -> str:
         assert self.node.proxy is not None

@@ -1,5 +1,6 @@
 """The soak client's relist, as kubelet's generic PLEG: every second, unfiltered
-ListPodSandbox and ListContainers through criproxy (and Status every 5 s).
+ListPodSandbox and ListContainers through criproxy (and, in a loop of its own,
+Status every 5 s).
 
 Each successful relist is judged against the client's `Expect` (a snapshot before
 the relist and one after; only what both require counts):
@@ -56,21 +57,26 @@ class Pleg(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        n = 0
+        status = threading.Thread(target=self.status_loop, name="status", daemon=True)
+        status.start()
         while not self.stop_event.is_set():
             started = time.monotonic()
             self.relists.append(self.relist())
-            if n % STATUS_EVERY == 0:
-                try:
-                    self.calls.call("Status", pb.StatusRequest(), "primary", timeout=LIST_TIMEOUT)
-                except grpc.RpcError:
-                    pass
-            n += 1
             self.stop_event.wait(max(0.0, PERIOD - (time.monotonic() - started)))
+        status.join(LIST_TIMEOUT * 2)
+
+    def status_loop(self) -> None:
+        """kubelet's runtime status check: its own loop, so a hung primary does not
+        hold up the relist."""
+        while not self.stop_event.wait(STATUS_EVERY):
+            try:
+                self.calls.call("Status", pb.StatusRequest(), "primary", timeout=LIST_TIMEOUT)
+            except grpc.RpcError:
+                pass
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.join(LIST_TIMEOUT * 3)
+        self.join(LIST_TIMEOUT * 4)
 
     def relist(self) -> Relist:
         at, when = time.monotonic(), wall()

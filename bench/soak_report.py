@@ -81,6 +81,8 @@ def checks(fig: dict) -> list[Check]:
               rl["wrong_state"] == 0),
         Check("longest failing relist stretch (s)", rl["longest_failing_s"],
               f"<= {MAX_STRETCH:.0f}", rl["longest_failing_s"] <= MAX_STRETCH),
+        Check("longest failing stretch of a runtime's calls (s)", fig["call_stretch_max_s"],
+              f"<= {MAX_STRETCH:.0f}", fig["call_stretch_max_s"] <= MAX_STRETCH),
         Check("left in a runtime, removed by the client", len(left["removed"]), "0",
               not left["removed"]),
         Check("left in a runtime, never seen created", len(left["never_seen"]), "0",
@@ -123,6 +125,11 @@ def table(fig: dict, results: list[Check]) -> str:
         lines.append(f"{f['index']:>2} {f['kind']:<17} {f['target']:<8} {f['wall']:<13} "
                      f"{f['seconds']:>5} {f['relist_failures']:>12}  "
                      f"{f['error'] or f['detail']}")
+    slow = [x for x in fig["call_stretches"] if x["seconds"] > 5]
+    if slow:
+        lines += ["", "calls to a runtime failing for more than 5 s in a row:"]
+        lines += [f"  {x['runtime']:<8} from {x['wall']} for {x['seconds']} s: {x['first_error']}"
+                  for x in slow]
     life = fig["lifecycles"]
     lines += ["", f"lifecycles: {life['completed']} completed of {life['scheduled']} scheduled; "
               f"adopted after a lost answer: {len(life['adopted'])}; killed and recreated: "
@@ -155,7 +162,7 @@ def evidence(fig: dict, log_text: str) -> dict:
     left = fig["leftovers"]
     ids = left["removed"] + left["never_seen"] + left["not_removed"]
     out["leftovers"] = log_lines_naming(log, ids)
-    for s in fig["relists"]["stretches"]:
+    for s in fig["relists"]["stretches"] + fig["call_stretches"]:
         if s["seconds"] > MAX_STRETCH:
             out["stretches"].append({**s, "log_around": log_lines_around(log, s["wall"], 12)})
     return out

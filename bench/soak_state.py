@@ -108,19 +108,36 @@ class CallStats:
         self.ok_seconds: dict[str, list[float]] = collections.defaultdict(list)
         self.errors: list[dict] = []      # the first ERROR_CAP failures, in detail
         self.error_count = 0
+        # Calls routed to one runtime failing in a row (from the first failure to the
+        # next answer), by runtime: a runtime criproxy keeps calling down when it is not.
+        self.stretches: list[dict] = []
+        self._failing: dict[str, dict] = {}
+
+    def all_stretches(self) -> list[dict]:
+        with self._lock:
+            now = time.monotonic()
+            return self.stretches + [{**s, "seconds": round(now - s["at"], 2), "unfinished": True}
+                                     for s in self._failing.values()]
 
     ERROR_CAP = 300
 
-    def ok(self, method: str, seconds: float) -> None:
+    def ok(self, method: str, seconds: float, runtime: str = "*") -> None:
         with self._lock:
             self.codes[method]["OK"] += 1
             if len(self.ok_seconds[method]) < 100_000:
                 self.ok_seconds[method].append(seconds)
+            since = self._failing.pop(runtime, None)
+            if since is not None:
+                self.stretches.append({**since, "seconds": round(time.monotonic() - since["at"], 2)})
 
     def failed(self, method: str, runtime: str, code: str, details: str, pod: str) -> None:
         with self._lock:
             self.codes[method][code] += 1
             self.error_count += 1
+            if runtime != "*" and code != "CANCELLED_BY_CLIENT":
+                self._failing.setdefault(runtime, {
+                    "runtime": runtime, "at": time.monotonic(), "wall": wall(),
+                    "first_error": f"{method} {code}: {details[:200]}"})
             if len(self.errors) < self.ERROR_CAP:
                 self.errors.append({"at": time.monotonic(), "wall": wall(), "method": method,
                                     "runtime": runtime, "code": code,
