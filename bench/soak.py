@@ -33,7 +33,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 from soak_calls import Calls  # noqa: E402
 from soak_client import Churn  # noqa: E402
-from soak_faults import Faults  # noqa: E402
+from soak_faults import KINDS, Faults  # noqa: E402
 from soak_node import Node  # noqa: E402
 from soak_pleg import Pleg  # noqa: E402
 from soak_report import LIFECYCLE_SHARE, checks, evidence, relist_figures, table, write_json  # noqa: E402
@@ -54,6 +54,8 @@ def parse() -> argparse.Namespace:
                     help="seconds between new pods (default 3)")
     ap.add_argument("--fault-every", type=float, default=60.0, help="seconds (default 60)")
     ap.add_argument("--no-faults", action="store_true")
+    ap.add_argument("--faults", type=lambda v: tuple(v.split(",")), default=KINDS,
+                    help=f"which faults, in turn (default: all: {','.join(KINDS)})")
     ap.add_argument("--settle", type=float, default=15.0,
                     help="seconds after a fault left out of the resource samples")
     ap.add_argument("--list-budget", type=float, default=2.0, help="criproxy's -listBudget")
@@ -73,6 +75,9 @@ def on_signal(signum: int, _frame: object) -> None:
 
 def main() -> int:
     args = parse()
+    if set(args.faults) - set(KINDS):
+        print(f"soak: unknown fault in --faults; known: {','.join(KINDS)}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("soak: needs root (it runs two containerd instances)", file=sys.stderr)
         return 2
@@ -87,7 +92,7 @@ def main() -> int:
     try:
         node.up()
         calls = Calls(node.listen)
-        faults = Faults(node, calls, args.freeze)
+        faults = Faults(node, calls, args.freeze, args.faults)
         fig = soak(args, node, calls, faults)
         results = checks(fig)
         fig["checks"] = [c.__dict__ for c in results]
@@ -186,6 +191,8 @@ def figures(args: argparse.Namespace, churn: Churn, calls: Calls, expect: Expect
         "lifecycles": life,
         "leftovers": leftovers,
         "growth": growth(watch.samples, faults.done, start, end, settle),
+        # Faults closer than this leave no quiet samples; growth is then not judged.
+        "dense_faults": args.fault_every < 2 * settle + 10,
         "samples": [s.__dict__ for s in watch.samples],
     }
 

@@ -132,7 +132,7 @@ def growth(samples: list[Sample], faults: list, start: float, end: float,
                  "first_third": len(first), "last_third": len(last), "metrics": {}}
     for name, limit in THRESHOLDS.items():
         if not first or not last:
-            out["metrics"][name] = {"ok": False, "why": "no eligible samples in a third"}
+            out["metrics"][name] = {"ok": None, "why": "no quiet samples in a third"}
             continue
         a = round(statistics.median(getattr(s, name) for s in first), 2)
         b = round(statistics.median(getattr(s, name) for s in last), 2)
