@@ -3,8 +3,9 @@
 - A state file (`--state`) keeps the fake's sandboxes and containers across its
   restarts, as a real runtime keeps them on disk: a restarted runtime still has
   its pods, so a test can tell "the runtime restarted" from "its pods are gone".
-- A control file (`--control`), JSON `{"delays": {"ListPodSandbox": 3.0}}`, read
-  on every call: slow a method down and speed it up again without a restart.
+- A control file (`--control`), JSON `{"delays": {"ListPodSandbox": 3.0},
+  "failures": {"Version": ["UNKNOWN", "not ready"]}}`, read on every call: slow a
+  method down or make it fail, and undo that, without a restart.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cri_api.v1 import api_pb2 as cri
 
 
@@ -39,26 +41,35 @@ def load_state(path: Path, make_container: Any) -> tuple[dict[str, Any], dict[st
 
 
 class Control:
-    """Delays set by the test through the control file."""
+    """Delays and failures set by the test through the control file."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._seen: tuple[float, dict[str, float]] = (0.0, {})
+        self._seen: tuple[float, dict[str, Any]] = (0.0, {})
 
-    def delay(self, method: str) -> float:
+    def _knobs(self) -> dict[str, Any]:
         if self.path is None:
-            return 0.0
+            return {}
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            return 0.0
+            return {}
         if mtime != self._seen[0]:
-            self._seen = (mtime, json.loads(self.path.read_text() or "{}").get("delays", {}))
-        return float(self._seen[1].get(method, 0.0))
+            self._seen = (mtime, json.loads(self.path.read_text() or "{}"))
+        return self._seen[1]
+
+    def delay(self, method: str) -> float:
+        return float(self._knobs().get("delays", {}).get(method, 0.0))
+
+    def failure(self, method: str) -> tuple[grpc.StatusCode, str] | None:
+        """(code, message) the method fails with now, if the test says so."""
+        failure = self._knobs().get("failures", {}).get(method)
+        return None if failure is None else (grpc.StatusCode[failure[0]], failure[1])
 
 
-def set_delays(path: Path, delays: dict[str, float]) -> None:
-    """Test side: change a running fake's delays."""
+def set_delays(path: Path, delays: dict[str, float],
+               failures: dict[str, tuple[str, str]] | None = None) -> None:
+    """Test side: change a running fake's delays, and failures (method -> (CODE, message))."""
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"delays": delays}))
+    temporary.write_text(json.dumps({"delays": delays, "failures": failures or {}}))
     os.replace(temporary, path)

@@ -159,8 +159,9 @@ class CriHandler(grpc.GenericRpcHandler):
         delay = self.delays.get(method.name, 0.0) + self.control.delay(method.name)
         if delay:
             await asyncio.sleep(delay)
-        if method.name in self.failures:
-            await context.abort(*self.failures[method.name])
+        failure = self.failures.get(method.name) or self.control.failure(method.name)
+        if failure is not None:
+            await context.abort(*failure)
         return request
 
     async def _unary(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -226,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sleep before answering METHOD",
     )
     parser.add_argument("--state", type=Path, help="keep sandboxes and containers in this file")
-    parser.add_argument("--control", type=Path, help="JSON file of delays, read on every call")
+    parser.add_argument("--control", type=Path, help="JSON file of delays and failures, read on every call")
     parser.add_argument(
         "--cri-versions", default="v1", type=_cri_versions, metavar="V[,V]",
         help="CRI versions to serve: v1, v1alpha2 or both (v1,v1alpha2)",

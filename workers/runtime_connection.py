@@ -38,6 +38,8 @@ _VERSION = "/runtime.{}.RuntimeService/Version"
 _CRI_VERSIONS = ("v1", "v1alpha2")
 # The CRI has about 50 methods; the bound only keeps stray names from growing it.
 _CACHED_METHODS = 256
+# How often a connected runtime that refused Version is asked again.
+_REPROBE_AFTER = 0.5
 # How long an UNAVAILABLE call waits to see whether the connection itself broke.
 _CONNECTION_LOST_GRACE = 0.1
 
@@ -73,10 +75,29 @@ class RuntimeConnection:
         last = None
         while True:
             current = self._channel.get_state(try_to_connect=True)
-            if current != last:
+            if current != last or self._refused_version(current):
                 await self._on_connectivity(current)
                 last = current
-            await self._channel.wait_for_state_change(current)
+            await self._next_change(current)
+
+    def _refused_version(self, connectivity: grpc.ChannelConnectivity) -> bool:
+        """Connected, but the runtime did not answer Version: a containerd that
+        serves its socket before its CRI plugin has recovered its state answers
+        "server is not initialized yet" for a moment, and the channel stays READY."""
+        return connectivity == grpc.ChannelConnectivity.READY and \
+            self.state == RuntimeState.DOWN
+
+    async def _next_change(self, connectivity: grpc.ChannelConnectivity) -> None:
+        """Until the channel's state changes; while it is connected to a runtime that
+        refused Version, at most _REPROBE_AFTER, to ask again."""
+        change = self._channel.wait_for_state_change(connectivity)
+        if not self._refused_version(connectivity):
+            await change
+            return
+        try:
+            await asyncio.wait_for(change, _REPROBE_AFTER)
+        except asyncio.TimeoutError:
+            pass
 
     async def _on_connectivity(self, connectivity: grpc.ChannelConnectivity) -> None:
         if connectivity == grpc.ChannelConnectivity.READY:
