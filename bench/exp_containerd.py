@@ -2,9 +2,7 @@
 which needs root; the cgroups its pods leave are removed afterwards."""
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 from exp_calls import alternate_rows, list_jobs, pairs, unary_jobs
@@ -18,16 +16,6 @@ def load_runtimes_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
-
-
-def remove_cgroups(runtimes: Any, root: str) -> None:
-    for mount in runtimes.cgroup_mounts():
-        top = Path(mount + root)
-        if top.is_dir():
-            for path in sorted([p for p in top.rglob("*") if p.is_dir()] + [top],
-                               key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
 
 
 def exp_containerd(bench: Bench, results: dict, targets: list, only: set[str]) -> None:
@@ -70,4 +58,4 @@ def exp_containerd(bench: Bench, results: dict, targets: list, only: set[str]) -
             if proxy in bench.proxies:
                 bench.stop_proxy(proxy)
         runtimes.down(rtdir)
-        remove_cgroups(runtimes, cgroup_root)
+        runtimes.remove_cgroup_tree(cgroup_root)

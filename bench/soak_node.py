@@ -92,7 +92,7 @@ class Node:
                 self.proxy.stop()
         with contextlib.suppress(Exception):
             self.runtimes.down(self.rtdir)
-        remove_cgroups(self.runtimes, self.cgroup_root)
+        self.runtimes.remove_cgroup_tree(self.cgroup_root)
         if not keep:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -172,16 +172,3 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def remove_cgroups(runtimes: object, root: str) -> None:
-    """rmdir the (by now empty) pod cgroup parents under `root`, in every hierarchy:
-    runc and crun remove a container's own cgroup, never the parent made for it."""
-    for mount in runtimes.cgroup_mounts():  # type: ignore[attr-defined]
-        top = Path(mount + root)
-        if not top.is_dir():
-            continue
-        dirs = [p for p in top.rglob("*") if p.is_dir()] + [top]
-        for path in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                path.rmdir()

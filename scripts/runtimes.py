@@ -540,6 +540,20 @@ def remove_cgroups(d: Path) -> None:
                 os.rmdir(mount + path)
 
 
+def remove_cgroup_tree(root: str) -> None:
+    """rmdir the (by now empty) pod cgroup parents under `root` (a kubelet-like
+    cgroup_parent prefix), in every hierarchy: runc and crun remove a container's own
+    cgroup, never the parent made for it."""
+    for mount in cgroup_mounts():
+        top = Path(mount + root)
+        if not top.is_dir():
+            continue
+        dirs = [p for p in top.rglob("*") if p.is_dir()] + [top]
+        for path in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 def delete_bridge(d: Path) -> None:
     """The bridge plugin never deletes its bridge; the name is in the instance's conflist."""
     try:

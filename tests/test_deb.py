@@ -243,19 +243,7 @@ def run_pod_through(listen: Path, runtime: str, image: str, logs: Path) -> tuple
             cri.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=CALL_TIMEOUT)
             cri.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod),
                                  timeout=CALL_TIMEOUT)
-            runtimes_cleanup_cgroups("/criproxy-deb")
-
-
-def runtimes_cleanup_cgroups(root: str) -> None:
-    """rmdir the pod cgroup parents left under `root` (runc and crun never remove them)."""
-    for mount in runtimes.cgroup_mounts():
-        top = Path(mount + root)
-        if top.is_dir():
-            for path in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+            runtimes.remove_cgroup_tree("/criproxy-deb")
 
 
 # ---------------------------------------------------------------- the package itself

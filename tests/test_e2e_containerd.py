@@ -133,25 +133,12 @@ def node() -> Iterator[Node]:
         if proxy is not None:
             proxy.stop()
         runtimes.down(base / "rt")
-        remove_cgroups(f"/criproxy-{base.name}")
+        runtimes.remove_cgroup_tree(f"/criproxy-{base.name}")
         if not os.environ.get("CRIPROXY_E2E_KEEP"):
             shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def remove_cgroups(root: str) -> None:
-    """rmdir the (by now empty) pod cgroup parents under `root`, in every hierarchy:
-    runc and crun remove a container's own cgroup, never the parent they made for it."""
-    for mount in runtimes.cgroup_mounts():
-        top = Path(mount + root)
-        if not top.is_dir():
-            continue
-        dirs = [p for p in top.rglob("*") if p.is_dir()] + [top]
-        for path in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                path.rmdir()
 
 
 @dataclass

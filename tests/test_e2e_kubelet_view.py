@@ -32,7 +32,7 @@ from tests.harness import Proxy, start_proxy
 from tests.relister import UID_LABEL, Relister, longest_failure, partial, summary
 from tests.test_e2e_containerd import (
     B, CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, TARGET_RUNTIME, Cri, Node, Pod, bare_id,
-    direct_container_ids, direct_pod_ids, has_image, http_status, pods, remove_cgroups,
+    direct_container_ids, direct_pod_ids, has_image, http_status, pods,
     runtimes, wait_for)
 
 pytestmark = pytest.mark.skipif(
@@ -74,7 +74,7 @@ def node() -> Iterator[Node]:
                 cri.channel.close()
             started.proxy.stop()
         runtimes.down(base / "rt")
-        remove_cgroups(f"/criproxy-{base.name}")
+        runtimes.remove_cgroup_tree(f"/criproxy-{base.name}")
         if not os.environ.get("CRIPROXY_E2E_KEEP"):
             shutil.rmtree(base, ignore_errors=True)
 
