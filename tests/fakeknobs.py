@@ -4,8 +4,10 @@
   restarts, as a real runtime keeps them on disk: a restarted runtime still has
   its pods, so a test can tell "the runtime restarted" from "its pods are gone".
 - A control file (`--control`), JSON `{"delays": {"ListPodSandbox": 3.0},
-  "failures": {"Version": ["UNKNOWN", "not ready"]}}`, read on every call: slow a
-  method down or make it fail, and undo that, without a restart.
+  "failures": {"Version": ["UNKNOWN", "not ready"]}, "garbage": {"ListImages": HEX}}`,
+  read on every call: slow a method down, make it fail, or make it answer these
+  bytes instead of its answer (a misbehaving runtime), and undo that, without a
+  restart.
 """
 from __future__ import annotations
 
@@ -66,10 +68,19 @@ class Control:
         failure = self._knobs().get("failures", {}).get(method)
         return None if failure is None else (grpc.StatusCode[failure[0]], failure[1])
 
+    def garbage(self, method: str) -> bytes | None:
+        """The bytes the method answers now instead of its answer, if the test says so."""
+        answer = self._knobs().get("garbage", {}).get(method)
+        return None if answer is None else bytes.fromhex(answer)
+
 
 def set_delays(path: Path, delays: dict[str, float],
-               failures: dict[str, tuple[str, str]] | None = None) -> None:
-    """Test side: change a running fake's delays, and failures (method -> (CODE, message))."""
+               failures: dict[str, tuple[str, str]] | None = None,
+               garbage: dict[str, bytes] | None = None) -> None:
+    """Test side: change a running fake's delays, failures (method -> (CODE, message))
+    and garbage answers (method -> bytes)."""
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"delays": delays, "failures": failures or {}}))
+    temporary.write_text(json.dumps({
+        "delays": delays, "failures": failures or {},
+        "garbage": {method: raw.hex() for method, raw in (garbage or {}).items()}}))
     os.replace(temporary, path)

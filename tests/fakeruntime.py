@@ -166,6 +166,9 @@ class CriHandler(grpc.GenericRpcHandler):
 
     async def _unary(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = await self._admit(method, path, raw, context)
+        garbage = self.control.garbage(method.name)
+        if garbage is not None:
+            return garbage
         try:
             response = getattr(self.state, method.name)(request)
         except CriError as error:
@@ -177,7 +180,7 @@ class CriHandler(grpc.GenericRpcHandler):
     async def _stream(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         await self._admit(method, path, raw, context)
         async for event in self.state.events():
-            yield event.SerializeToString()
+            yield self.control.garbage(method.name) or event.SerializeToString()
 
     async def _unknown(self, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Journaled too, so tests can see e.g. v1alpha2 calls that reached the runtime.

@@ -54,11 +54,23 @@ def default_stream_base(port: int) -> str:
 
 
 def parse(message_class: type[Message], raw: bytes) -> Message:
+    """Decode what the caller sent: bytes that do not decode are its mistake."""
     try:
         return message_class.FromString(raw)
     except DecodeError as err:
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                         f"cannot parse {message_class.DESCRIPTOR.name}: {err}") from None
+
+
+class BadAnswer(CallError):
+    """A runtime answered bytes that do not decode. INTERNAL, as a gRPC client says
+    of an answer it cannot unmarshal: the runtime is at fault, never the caller."""
+
+    def __init__(self, label: str, method: Method, message_class: type[Message],
+                 err: Exception) -> None:
+        super().__init__(grpc.StatusCode.INTERNAL,
+                         f"runtime {label} answered {method.name} with bytes that do not "
+                         f"decode as {message_class.DESCRIPTOR.full_name}: {err}")
 
 
 class Dispatcher:
@@ -93,12 +105,34 @@ class Dispatcher:
         return await link.call(method.path, body, timeout)
 
     async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
-                       timeout: float | None, images_follow_pod: bool = False) -> bytes:
+                       timeout: float | None, images_follow_pod: bool = False,
+                       whole: bool = False) -> bytes:
         changed = self._fit_request(runtime, request, images_follow_pod)
         body = raw if runtime == PRIMARY and not changed else request.SerializeToString()
         answer = await self._call(runtime, method, body, timeout)
-        self.record.observe(runtime, method.name, request, answer)
-        return self._present(runtime, method, answer)
+        shown = self._present(runtime, method, answer, whole)
+        self._observe(runtime, method, request, answer)
+        return shown
+
+    def _observe(self, runtime: str, method: Method, request: Message, answer: bytes) -> None:
+        try:
+            self.record.observe(runtime, method.name, request, answer)
+        except DecodeError as err:
+            raise self._bad_answer(runtime, method, method.response, err) from None
+
+    def _decode_answer(self, runtime: str, method: Method, message_class: type[Message],
+                       answer: bytes) -> Message:
+        try:
+            return message_class.FromString(answer)
+        except DecodeError as err:
+            raise self._bad_answer(runtime, method, message_class, err) from None
+
+    def _bad_answer(self, runtime: str, method: Method, message_class: type[Message],
+                    err: Exception) -> BadAnswer:
+        link = self.links[runtime]
+        bad = BadAnswer(link.label, method, message_class, err)
+        link.note_bad_answer(bad.message)
+        return bad
 
     def _fit_request(self, runtime: str, request: Message, images_follow_pod: bool) -> bool:
         """Strip our prefixes; refuse objects of another runtime than `runtime`."""
@@ -113,13 +147,18 @@ class Dispatcher:
         return (f"{err.field} {err.value!r} belongs to runtime {owner}, but this request "
                 f"goes to runtime {self.links[runtime].label}")
 
-    def _present(self, runtime: str, method: Method, answer: bytes) -> bytes:
-        """Turn a runtime's answer into what kubelet sees."""
+    def _present(self, runtime: str, method: Method, answer: bytes, whole: bool = False) -> bytes:
+        """Turn a runtime's answer into what kubelet sees. `whole`: decode it in full
+        first, the primary's too, for an answer merged with other runtimes' (one
+        undecodable part makes the whole merged answer undecodable) or shown for
+        them (a filtered List, an event)."""
+        if whole:
+            self._decode_answer(runtime, method, method.response, answer)
         if runtime == PRIMARY and not method.route.stream_url:
             return answer
         # Only prefixing to do: decode just the fields it touches (see slim.py).
-        response = parse(method.response if method.route.stream_url
-                         else slim_class(method.response), answer)
+        response = self._decode_answer(runtime, method, method.response if method.route.stream_url
+                                       else slim_class(method.response), answer)
         add_prefixes(response, runtime)
         if method.route.stream_url:
             response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]
@@ -140,7 +179,7 @@ class Dispatcher:
         answer = await self._call(PRIMARY, method, raw, timeout)
         if not self.names.handlers:
             return answer
-        response = parse(method.response, answer)
+        response = self._decode_answer(PRIMARY, method, method.response, answer)
         offered = {handler.name for handler in response.runtime_handlers}  # type: ignore[attr-defined]
         for route in self.names.handlers:
             if route.handler not in offered:
@@ -216,7 +255,12 @@ class Dispatcher:
             except CallError as err:
                 log.warning("%s: runtime %s: %s", method.name, link.label, err)
                 continue
-            if parse(method.response, answer).HasField("image"):
+            try:
+                found = self._decode_answer(runtime, method, method.response, answer)
+            except BadAnswer as err:
+                log.warning("%s: %s", method.name, err)
+                continue
+            if found.HasField("image"):  # type: ignore[attr-defined]
                 return self._present(runtime, method, answer)
         return b""
 
@@ -263,7 +307,7 @@ class Dispatcher:
         within the same budget as a fan-out, or its last answer."""
         budget = self._list_budget(self.links[runtime], timeout)
         try:
-            return await self._forward(runtime, method, request, raw, budget)
+            return await self._forward(runtime, method, request, raw, budget, whole=True)
         except CallError as err:
             last = self._last_answer(runtime, method, request, err)
             if last is None:
@@ -272,23 +316,35 @@ class Dispatcher:
 
     def _merge(self, method: Method, request: Message, results: list, sent: list[int]) -> bytes:
         """Concatenate answers in -connect order (protobuf concatenation merges); a
-        runtime that could not answer is represented by its last answer."""
+        runtime that could not answer, or answered bytes that do not decode, is
+        represented by its last answer."""
         parts, errors = [], []
         for name, result, sent_seq in zip(self.links, results, sent):
+            if isinstance(result, BaseException) and not isinstance(result, CallError):
+                raise result
+            if not isinstance(result, CallError):
+                result = self._fresh_part(name, method, request, result, sent_seq)
             if isinstance(result, CallError):
                 last = self._last_answer(name, method, request, result)
                 if last is None:
                     errors.append(result)
                 else:
                     parts.append(last)
-            elif isinstance(result, BaseException):
-                raise result
             else:
-                self.record.answered(name, method.name, request, result, sent_seq)
-                parts.append(self._present(name, method, result))
+                parts.append(result)
         if not parts:
             raise errors[0]
         return b"".join(parts)
+
+    def _fresh_part(self, runtime: str, method: Method, request: Message, answer: bytes,
+                    sent_seq: int) -> bytes | BadAnswer:
+        """A runtime's answer as its part of a merged List, or why it cannot be one."""
+        try:
+            shown = self._present(runtime, method, answer, whole=True)
+        except BadAnswer as bad:
+            return bad
+        self.record.answered(runtime, method.name, request, answer, sent_seq)
+        return shown
 
     def _last_answer(self, runtime: str, method: Method, request: Message,
                      err: CallError) -> bytes | None:
@@ -331,7 +387,8 @@ class Dispatcher:
             try:
                 _check_version(link, method)
                 async for item in link.stream(method.path, raw):
-                    if not _offer(merged, self._present(runtime, method, item)):
+                    shown = self._shown_event(runtime, method, item)
+                    if shown is not None and not _offer(merged, shown):
                         log.warning("%s: subscriber too slow, dropping its stream", method.name)
                         return
             except CallError as err:
@@ -343,6 +400,16 @@ class Dispatcher:
                 log.warning("%s: stream of runtime %s ended: %s; re-subscribing",
                             method.name, link.label, err)
             await asyncio.sleep(_RESUBSCRIBE_DELAY)
+
+
+    def _shown_event(self, runtime: str, method: Method, item: bytes) -> bytes | None:
+        """An event as kubelet sees it; one that does not decode is dropped (and
+        counted), not the runtime's stream with it."""
+        try:
+            return self._present(runtime, method, item, whole=True)
+        except BadAnswer as bad:
+            log.warning("%s: dropping an event: %s", method.name, bad.message)
+            return None
 
 
 def _offer(merged: asyncio.Queue, item: bytes) -> bool:

@@ -25,6 +25,7 @@ from criproxy.wire.zmqloop import LoopSocket
 log = logging.getLogger("criproxy.front")
 
 _STREAM_QUEUE = 1024
+_BAD_ANSWER_LOG_EVERY = 60.0
 
 
 # gRPC sends a status message percent-encoded in a trailer, and clients refuse
@@ -96,6 +97,9 @@ class WorkerLink:
         self.restarts = 0
         self.cri_version = ""
         self.last_error = ""
+        self.bad_answers = 0
+        self.last_bad_answer = ""
+        self._bad_answer_logged = 0.0
         self._last_seen = 0.0
         self._pending: dict[int, _Pending] = {}
         self._sock = ctx.socket(zmq.DEALER)
@@ -369,12 +373,23 @@ class WorkerLink:
         finally:
             self._cancel(request_id)
 
+    def note_bad_answer(self, message: str) -> None:
+        """The runtime answered bytes that do not decode: counted, shown in status,
+        and logged at most once a minute (a relist a second would flood the log)."""
+        self.bad_answers += 1
+        self.last_bad_answer = message
+        now = time.monotonic()
+        if now - self._bad_answer_logged >= _BAD_ANSWER_LOG_EVERY:
+            self._bad_answer_logged = now
+            log.warning("%s (%d undecodable answers so far)", message, self.bad_answers)
+
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.runtime.name, "label": self.label, "socket": self.runtime.socket,
                 "state": self.state.value, "reason": self.reason, "since": self.since,
                 "worker_pid": self.worker_pid, "restarts": self.restarts,
                 "last_error": self.last_error, "cri_version": self.cri_version,
-                "in_flight": len(self._pending)}
+                "in_flight": len(self._pending), "bad_answers": self.bad_answers,
+                "last_bad_answer": self.last_bad_answer}
 
 
 def _put_nowait_final(queue: asyncio.Queue, outcome: Any) -> None:

@@ -197,13 +197,17 @@ class _LinkCollector:
         pending = GaugeMetricFamily("criproxy_worker_pending_calls", "calls and streams sent "
                                     "to the runtime's worker and not yet answered",
                                     labels=["runtime"])
-        for link in self.links:
+        bad = CounterMetricFamily("criproxy_runtime_bad_answers", "answers of the runtime "
+                                  "that did not decode (each failed its call, or was left "
+                                  "out of a merged List)", labels=["runtime"])
+        for link in list(self.links):
             snap = link.snapshot()
             up.add_metric([snap["label"]], 1.0 if snap["state"] == "up" else 0.0)
             state.add_metric([snap["label"], snap["state"]], 1.0)
             restarts.add_metric([snap["label"]], snap["restarts"])
             pending.add_metric([snap["label"]], snap["in_flight"])
-        return [up, state, restarts, pending]
+            bad.add_metric([snap["label"]], snap["bad_answers"])
+        return [up, state, restarts, pending, bad]
 
 
 _links = _LinkCollector()
@@ -211,8 +215,9 @@ REGISTRY.register(_links)
 
 
 def watch_links(links: Iterable[Any]) -> None:
-    """Report these WorkerLinks' runtimes (the front calls it once)."""
-    _links.links = list(links)
+    """Report these WorkerLinks' runtimes (the front calls it once, with a live view:
+    registered runtimes come and go)."""
+    _links.links = links
 
 
 # --- `criproxy status` rates -----------------------------------------------------

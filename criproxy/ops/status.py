@@ -24,6 +24,9 @@ def format_status(status: dict[str, Any], now: float) -> str:
         lines.append(f"{r['label']:<16} {r['state']:<11} {str(r['worker_pid'] or '-'):>7} "
                      f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r):<22} "
                      f"{r['socket']:<36} {r['last_error'] or '-'}")
+        if r.get("bad_answers"):
+            lines.append(f"{'':<16} misbehaving: {r['bad_answers']} answers that do not "
+                         f"decode; last: {r['last_bad_answer']}")
     lines += _format_requests(status)
     if status.get("metrics"):
         lines.append(f"metrics: http {status['metrics']}/metrics")
