@@ -35,6 +35,7 @@ NAME = "crun.test"                        # B's runtime name: its prefix in ids 
 TARGET_RUNTIME = "kubernetes.io/target-runtime"
 STREAM_URL = "http://127.0.0.1:11250"
 TIMEOUT = 30                              # seconds, for every CRI call
+APT_LOCK_WAIT = 900.0                     # seconds: another apt/dpkg run may hold the lock
 
 
 class DemoFailed(Exception):
@@ -168,6 +169,9 @@ class Demo:
     def start(self) -> None:
         say("criproxy demo: one CRI socket in front of two containerd runtimes\n")
         started = time.monotonic()
+        # On a fresh VM apt may be busy (unattended-upgrades at first boot): wait for its
+        # lock, at most APT_LOCK_WAIT, saying so, rather than fail.
+        runtimes.ensure_packages(lock_timeout=APT_LOCK_WAIT)
         info = runtimes.up(self.base / "rt")
         a, b = info["instances"]["a"], info["instances"]["b"]
         self.info = info

@@ -35,7 +35,8 @@ from containerd_instance import (  # noqa: E402,F401
     delete_bridge, import_images, remove_pods, shim_trees, start_instance, stop_instance,
     wait_cri, wait_images, write_cni, write_hosts)
 from debpackages import (  # noqa: E402,F401
-    BUSYBOX, CNI_BIN_DIR, PACKAGES, apt_install, ensure_packages, is_static_elf)
+    APT_LOCK_TIMEOUT, BUSYBOX, CNI_BIN_DIR, DPKG_LOCKS, PACKAGES, apt_install, ensure_packages,
+    is_static_elf, lock_holders, wait_for_apt_locks)
 from ociimage import (  # noqa: E402,F401
     BUSYBOX_IMAGE, CREATED, PAUSE_IMAGE, REGISTRY_BUSYBOX, REGISTRY_HOST, add_blob,
     build_image, busybox_layer, image_config)
