@@ -10,10 +10,13 @@ The package is grouped by job (docs/architecture.md walks through it):
               process titles, systemd readiness
     ops/      operations: metrics, status, doctor, install-systemd, trace spans
 
-Only the entry points and the two modules every part uses stay at this level:
+Only the entry points and the modules several parts use stay at this level:
 cli.py and __main__.py (the `criproxy` command), settings.py (every setting,
-declared once) and logs.py (criproxy's log lines). settings and logs import
-nothing of criproxy's, so any part may import them without pulling in another.
+declared once), logs.py (criproxy's log lines), registrations.py (what
+registers in -runtimesDir, and the list supervisord's registrar publishes for
+the front, the workers, status and doctor) and inotify.py (the directory watch
+the registrar and the front share). They import nothing of criproxy's but
+each other, so any part may import them without pulling in another.
 
 Imports run one way (tests/test_layout.py checks it, with no circle):
 front may use record, ops, process, wire; ops may use record and wire; record,

@@ -21,6 +21,8 @@ EXIT_CONFIG_ERROR = 2
 BOOT_FAILURE_FILE = "boot-failure"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+# A runtime's worker socket (rundir/worker-NAME.ipc) must fit in a unix socket path.
+MAX_NAME = 63
 
 
 class ConfigError(Exception):
@@ -55,13 +57,14 @@ def _socket_path(entry: str, raw: str) -> str:
     return path
 
 
-def _validate_name(entry: str, name: str) -> None:
+def validate_runtime_name(where: str, name: str) -> None:
+    """The rules of a runtime name, wherever it is given (-connect, -runtimesDir)."""
     if not name:
-        raise ConfigError(f"-connect entry {entry!r}: runtime name is empty")
-    if "__" in name or not _NAME_RE.match(name):
+        raise ConfigError(f"{where}: runtime name is empty")
+    if "__" in name or not _NAME_RE.match(name) or len(name) > MAX_NAME:
         raise ConfigError(
-            f"-connect entry {entry!r}: runtime name {name!r} may only hold letters, "
-            "digits, '.', '-', '_' and no '__'")
+            f"{where}: runtime name {name!r} may only hold letters, digits, '.', '-', "
+            f"'_', no '__', and at most {MAX_NAME} of them")
 
 
 def parse_connect(value: str) -> tuple[Runtime, ...]:
@@ -90,7 +93,7 @@ def _parse_entry(entry: str, first: bool) -> Runtime:
     if first:
         raise ConfigError(
             f"-connect entry {entry!r}: the first entry is the primary runtime and has no name")
-    _validate_name(entry, name)
+    validate_runtime_name(f"-connect entry {entry!r}", name)
     return Runtime(name, _socket_path(entry, rest))
 
 
@@ -167,6 +170,16 @@ def _group(value: str) -> str:
     return value
 
 
+def _runtimes_dir(value: str) -> str:
+    """An absolute directory, or `off`/empty (returned as "")."""
+    value = value.strip()
+    if value in ("", "off"):
+        return ""
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path, or off")
+    return os.path.normpath(value)
+
+
 def _metrics_address(value: str) -> str:
     """`host:port`, `[v6]:port`, `unix:/path`, or `off`/empty (returned as "")."""
     value = value.strip()
@@ -217,6 +230,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime_handlers", "-runtimeHandlers", (), parse_handlers,
             "RuntimeClass handlers of other runtimes: HANDLER=RUNTIME[:RUNTIME_HANDLER],...",
             format=handlers_string),
+    Setting("runtimes_dir", "-runtimesDir", "/run/criproxy-runtimes", _runtimes_dir,
+            "directory where runtimes register (NAME.sock: their CRI socket or a symlink "
+            "to it; NAME.json: the RuntimeClass handlers they serve); root's alone; off: none"),
+    Setting("leave_after", "-leaveAfter", 180.0, _positive_float,
+            "seconds a registered runtime's socket may be gone before the runtime leaves "
+            "(a restarting runtime re-creates it; until then the runtime is down)"),
     Setting("listen", "-listen", "/run/criproxy.sock", str,
             "unix socket kubelet connects to"),
     Setting("rundir", "-rundir", "/run/criproxy", str,
@@ -260,6 +279,8 @@ SETTINGS: tuple[Setting, ...] = (
 class Config:
     connect: tuple[Runtime, ...]
     runtime_handlers: tuple[HandlerRoute, ...]
+    runtimes_dir: str
+    leave_after: float
     listen: str
     rundir: str
     verbosity: int

@@ -40,6 +40,11 @@ class Proxy:
     def rundir(self) -> Path:
         return self.workdir / "run"
 
+    @property
+    def runtimes_dir(self) -> Path:
+        """Where runtimes register (-runtimesDir), unless the test named another."""
+        return self.workdir / "runtimes"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -134,7 +139,10 @@ def start_proxy(connect: str, *extra: str, workdir: Path | None = None,
                "-listen", str(workdir / "criproxy.sock"), "-rundir", str(workdir / "run"),
                "-v", str(verbosity), "-logtostderr",
                # Any free port: parallel proxies must not fight over the default one.
-               "-metricsAddress", "127.0.0.1:0", *extra]
+               "-metricsAddress", "127.0.0.1:0",
+               # Its own: a proxy under test never takes the node's registrations.
+               *([] if "-runtimesDir" in extra else ["-runtimesDir", str(workdir / "runtimes")]),
+               *extra]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, cwd=repo, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT)

@@ -26,7 +26,9 @@ def test_install_writes_unit_drop_in_and_flags(tmp_path: Path) -> None:
     env = (tmp_path / "etc/criproxy/criproxy.env").read_text()
     name, _, value = env.strip().partition("=")
     assert name == "CRIPROXY_FLAGS"
-    assert config_from_args(shlex.split(shlex.split(value)[0])) == config_from_args(flags)
+    written = shlex.split(shlex.split(value)[0])
+    assert config_from_args(written) == config_from_args(flags)
+    assert written[-2:] == ["-runtimesDir", "/run/criproxy-runtimes"]  # the flags file names it
 
 
 def test_install_refuses_bad_flags(tmp_path: Path) -> None:

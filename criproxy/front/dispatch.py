@@ -28,7 +28,7 @@ from criproxy.front.slim import slim_class
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics
 from criproxy.record.podrecord import PodRecord
-from criproxy.settings import Config
+from criproxy.settings import Config, HandlerRoute
 
 log = logging.getLogger("criproxy.front")
 
@@ -76,9 +76,11 @@ class BadAnswer(CallError):
 class Dispatcher:
     def __init__(self, config: Config, links: dict[str, WorkerLink]) -> None:
         self.config = config
-        self.links = links  # in -connect order, primary first
+        self.links = links  # in -connect order, primary first, then registered ones
+        self._registered_handlers: dict[str, tuple[HandlerRoute, ...]] = {}
         self.names = Names(list(links), config.runtime_handlers)
         self.record = PodRecord(config)
+        self._merged_streams: set[asyncio.Queue] = set()
         self.stream_base = config.stream_url or default_stream_base(config.stream_port)
         self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
                                          Awaitable[bytes]]] = {
@@ -90,6 +92,35 @@ class Dispatcher:
             Rule.BY_IMAGE: self._by_image,
             Rule.FAN_OUT: self._fan_out,
         }
+
+    # --- runtimes that come and go (-runtimesDir) ---------------------------------
+
+    def add_runtime(self, link: WorkerLink, handlers: tuple[HandlerRoute, ...]) -> None:
+        self.links[link.runtime.name] = link
+        if link.runtime.name not in self.record.runtimes:
+            self.record.add_runtime(link.runtime)
+        self.set_handlers(link.runtime.name, handlers)
+        self._end_merged_streams(f"runtime {link.label} joined")
+
+    def remove_runtime(self, name: str) -> WorkerLink:
+        link = self.links.pop(name)
+        self.record.remove_runtime(name)
+        self.set_handlers(name, ())
+        self._end_merged_streams(f"runtime {link.label} left")
+        return link
+
+    def set_handlers(self, runtime: str, handlers: tuple[HandlerRoute, ...]) -> None:
+        """The RuntimeClass handlers a registered runtime serves, beside -runtimeHandlers."""
+        self._registered_handlers[runtime] = handlers
+        registered = tuple(h for hs in self._registered_handlers.values() for h in hs)
+        self.names = Names(list(self.links), self.config.runtime_handlers + registered)
+
+    def _end_merged_streams(self, why: str) -> None:
+        """An event stream follows the runtimes there were when it began: end it, so
+        kubelet subscribes again to every runtime (and relists meanwhile)."""
+        for merged in self._merged_streams:
+            _end(merged, CallError(grpc.StatusCode.UNAVAILABLE,
+                                   f"{why}; subscribe again for its events"))
 
     async def unary(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
         request = parse(method.request, raw)
@@ -247,8 +278,8 @@ class Dispatcher:
 
     async def _first_found(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
         """A digest names content any runtime may hold: ask each in turn."""
-        for runtime, link in self.links.items():
-            if not link.is_up:
+        for runtime, link in list(self.links.items()):
+            if not link.is_up or runtime not in self.links:
                 continue
             try:
                 answer = await self._call(runtime, method, raw, timeout)
@@ -268,13 +299,13 @@ class Dispatcher:
 
     async def _broadcast(self, method: Method, request: Message, raw: bytes,
                          timeout: float | None) -> bytes:
-        targets = [name for name, link in self.links.items() if link.is_up]
+        targets = [(name, link) for name, link in self.links.items() if link.is_up]
         if not targets:
             raise CallError(grpc.StatusCode.UNAVAILABLE, "no runtime is up")
         results = await asyncio.gather(
             *(self._forward(name, method, copy.deepcopy(request), raw, timeout)
-              for name in targets), return_exceptions=True)
-        errors = [(self.links[name].label, r) for name, r in zip(targets, results)
+              for name, _link in targets), return_exceptions=True)
+        errors = [(link.label, r) for (_name, link), r in zip(targets, results)
                   if isinstance(r, BaseException)]
         if errors:
             raise _joined(errors)
@@ -287,12 +318,13 @@ class Dispatcher:
             return b""  # a filter naming two runtimes' objects matches nothing
         if named:
             return await self._to_owner(named.pop(), method, request, raw, timeout)
-        sent = [self.record.sent(name) for name in self.links]
+        asked = list(self.links.items())  # runtimes may join or leave meanwhile
+        sent = [self.record.sent(name) for name, _link in asked]
         results = await asyncio.gather(
             *(self._call(name, method, raw, self._list_budget(link, timeout))
-              for name, link in self.links.items()),
+              for name, link in asked),
             return_exceptions=True)
-        return self._merge(method, request, results, sent)
+        return self._merge(method, request, [name for name, _link in asked], results, sent)
 
     def _list_budget(self, link: WorkerLink, timeout: float | None) -> float:
         """Wait for a runtime only part of the caller's time, so a slow one is
@@ -314,14 +346,17 @@ class Dispatcher:
                 raise
             return last
 
-    def _merge(self, method: Method, request: Message, results: list, sent: list[int]) -> bytes:
+    def _merge(self, method: Method, request: Message, asked: list[str], results: list,
+               sent: list[int]) -> bytes:
         """Concatenate answers in -connect order (protobuf concatenation merges); a
         runtime that could not answer, or answered bytes that do not decode, is
         represented by its last answer."""
         parts, errors = [], []
-        for name, result, sent_seq in zip(self.links, results, sent):
+        for name, result, sent_seq in zip(asked, results, sent):
             if isinstance(result, BaseException) and not isinstance(result, CallError):
                 raise result
+            if name not in self.links:
+                continue  # it left while it was asked
             if not isinstance(result, CallError):
                 result = self._fresh_part(name, method, request, result, sent_seq)
             if isinstance(result, CallError):
@@ -368,6 +403,7 @@ class Dispatcher:
         merged: asyncio.Queue = asyncio.Queue(_EVENT_QUEUE)
         followers = [asyncio.create_task(self._follow(name, method, raw, merged))
                      for name in self.links]
+        self._merged_streams.add(merged)
         try:
             while True:
                 item = await merged.get()
@@ -375,6 +411,7 @@ class Dispatcher:
                     raise item
                 yield item
         finally:
+            self._merged_streams.discard(merged)
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
@@ -412,7 +449,15 @@ class Dispatcher:
             return None
 
 
-def _offer(merged: asyncio.Queue, item: bytes) -> bool:
+def _end(merged: asyncio.Queue, error: CallError) -> None:
+    """End a merged stream after the events queued so far (the oldest one dropped
+    to make room, if it has to be)."""
+    if merged.full():
+        merged.get_nowait()
+    merged.put_nowait(error)
+
+
+def _offer(merged: asyncio.Queue, item: bytes | CallError) -> bool:
     """Queue an event; when the subscriber fell too far behind, end its stream."""
     try:
         merged.put_nowait(item)

@@ -24,12 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from criproxy import logs
 from criproxy.front.dispatch import Dispatcher, routed_to
+from criproxy.front.registered import Registered
 from criproxy.front.routing import METHODS, Method, Rule
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics, spans
 from criproxy.process import readiness
 from criproxy.process.instance import refuse_live_socket
 from criproxy.record import podrecord
+from criproxy.registrations import Registration
 from criproxy.settings import Config, ConfigError
 from criproxy.wire import tracecontext
 
@@ -45,6 +47,7 @@ _DUMP_LIMIT = 4096
 # gRPC health service names: "" is the proxy (up while the primary runtime is),
 # HEALTH_PREFIX + label each runtime.
 HEALTH_PREFIX = "criproxy.runtime/"
+_FAN_OUTS = {m.name for m in METHODS.values() if m.route.rule == Rule.FAN_OUT}
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -177,6 +180,8 @@ class Front:
         self.config = config
         self.ctx = zmq.Context()
         self.links = {r.name: WorkerLink(config, r, self.ctx) for r in config.runtimes}
+        self.registered = Registered(self, config)
+        self._started = False  # links made before run() are started by it
         self.server = grpc.aio.server(options=_SERVER_OPTIONS)
         # Before the RoutingHandler, which answers every method it does not route
         # UNIMPLEMENTED: handlers are consulted in the order they were added.
@@ -186,16 +191,35 @@ class Front:
         self.dispatcher = Dispatcher(config, self.links)
         self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher, self.tracer)])
         self._health_changed = asyncio.Event()
-        for link in self.links.values():
-            link.on_state_change = lambda _link: self._health_changed.set()
         metrics.watch_links(self.links.values())
-        fan_outs = {m.name for m in METHODS.values() if m.route.rule == Rule.FAN_OUT}
         for link in self.links.values():
-            metrics.declare_runtime(link.label, sorted(fan_outs), podrecord.LISTS)
+            self._watch_link(link)
+        self.registered.join_published()
         self.metrics = metrics.Endpoint(
             config.metrics_address,
             group_id=grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1)
         self._stop = asyncio.Event()
+
+    def _watch_link(self, link: WorkerLink) -> None:
+        link.on_state_change = lambda _link: self._health_changed.set()
+        metrics.declare_runtime(link.label, sorted(_FAN_OUTS), podrecord.LISTS)
+
+    def join(self, registration: Registration) -> None:
+        """A registered runtime joins: its link, routed to from now on."""
+        link = WorkerLink(self.config, registration.runtime, self.ctx)
+        self._watch_link(link)
+        self.dispatcher.add_runtime(link, registration.handlers)
+        if self._started:
+            link.start()
+        self._health_changed.set()
+
+    def set_handlers(self, registration: Registration) -> None:
+        self.dispatcher.set_handlers(registration.name, registration.handlers)
+
+    async def leave(self, name: str) -> None:
+        link = self.dispatcher.remove_runtime(name)
+        await self.health.set(HEALTH_PREFIX + link.label, _NOT_SERVING)
+        await link.close()
 
     @classmethod
     async def serve(cls, config: Config) -> None:
@@ -215,6 +239,8 @@ class Front:
             raise ConfigError(f"-listen {self.config.listen}: cannot listen there: {err}") from None
         for link in self.links.values():
             link.start()
+        self._started = True
+        self.registered.watch()
         await self._publish_health()
         await self.server.start()
         _secure_socket(self.config)
@@ -257,7 +283,8 @@ class Front:
         await self.server.stop(self.config.drain)
         reporter.cancel()
         await self.metrics.close()
-        for link in self.links.values():
+        self.registered.unwatch()
+        for link in list(self.links.values()):
             await link.close()
         if self.tracer is not None:
             self.tracer.close()
@@ -274,7 +301,7 @@ class Front:
 
     async def _publish_health(self) -> None:
         """Service "" serves while the primary is up; HEALTH_PREFIX + label per runtime."""
-        for name, link in self.links.items():
+        for name, link in list(self.links.items()):
             serving = _SERVING if link.is_up else _NOT_SERVING
             if name == "":
                 await self.health.set("", serving)

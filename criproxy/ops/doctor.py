@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 from cri_api.v1 import api_pb2
-from criproxy.ops import doctor_systemd
+from criproxy.ops import doctor_registrations, doctor_systemd
 from criproxy.ops.findings import FAIL, OK, TIMEOUT, WARN, Finding, probe_socket
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, Config, Runtime, build_parser,
                                config_from_args, load_settings_file)
@@ -303,6 +303,10 @@ def diagnose(config: Config, proc: str = "/proc", kubelet_config: str = KUBELET_
     found: list[Finding] = []
     for runtime in config.runtimes:
         found += check_runtime(runtime, config)
+    registered_findings, registered = doctor_registrations.check_registrations(config)
+    found += registered_findings
+    for registration in registered:
+        found += check_runtime(registration.runtime, config)
     found += check_names(config)
     found += check_rundir(config)
     found += doctor_systemd.check_unit(unit, config.listen)

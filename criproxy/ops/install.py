@@ -36,6 +36,9 @@ def install(root: Path, flags: list[str], executable: str) -> list[Path]:
     config = config_from_args(flags)
     unit = _template("criproxy.service").replace("/usr/local/bin/criproxy", executable)
     drop_in = _template("kubelet-criproxy.conf").replace("@LISTEN@", config.listen)
+    if not any(f.lstrip("-").split("=")[0] == "runtimesDir" for f in flags):
+        # Written out, so that the flags file says where runtimes register.
+        flags = [*flags, "-runtimesDir", config.runtimes_dir or "off"]
     env = f"CRIPROXY_FLAGS={shlex.quote(shlex.join(flags))}\n"
     written = [_write(root, KUBELET_DROP_IN, drop_in), _write(root, ENV_FILE, env)]
     if not (root / PACKAGED_UNIT).exists():  # else a copy in /etc would hide its upgrades

@@ -7,12 +7,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from criproxy.registrations import read_published
+from criproxy.settings import ConfigError
+
 # The front rewrites its status file every second; older means it is not running.
 STALE_AFTER = 5.0
 
 
 def read_status(rundir: str) -> dict[str, Any]:
     return json.loads((Path(rundir) / "status.json").read_text())
+
+
+def format_registrations(published: dict[str, Any], now: float) -> list[str]:
+    """What the registrar decided about -runtimesDir (criproxy/registrations.py)."""
+    if not published.get("directory"):
+        return []
+    lines = [f"REGISTERED in {published['directory']}"]
+    if published.get("problem"):
+        lines.append(f"  refused, nothing registers: {published['problem']}")
+    for runtime in published.get("runtimes", []):
+        gone = runtime.get("missing_since")
+        lines.append(f"  {runtime['name']:<14} {runtime['socket']}" + (
+            f"  (socket gone for {now - gone:.0f}s: down, leaves unless it is back)"
+            if gone else ""))
+    for refusal in published.get("refused", []):
+        lines.append(f"  refused {refusal['entry']}: {refusal['reason']}")
+    if len(lines) == 1:
+        lines.append("  none")
+    return lines
 
 
 def format_status(status: dict[str, Any], now: float) -> str:
@@ -83,6 +105,10 @@ def main(argv: list[str]) -> int:
         return 1
     now = time.time()
     print(format_status(status, now))
+    try:
+        print("\n".join(format_registrations(read_published(Path(args.rundir)), now)))
+    except ConfigError as err:
+        print(f"criproxy status: {err}")
     if now - status["time"] > STALE_AFTER:
         print(f"criproxy status: the front has not reported for {now - status['time']:.0f}s")
         return 1

@@ -148,11 +148,24 @@ class PodRecord:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.runtimes = {r.name: RuntimeRecord(r) for r in config.runtimes}
-        self._saved_at = {name: 0.0 for name in self.runtimes}
+        self.runtimes: dict[str, RuntimeRecord] = {}
+        self._saved_at: dict[str, float] = {}
         self._unsaved: set[str] = set()  # runtimes with a new answer not yet written
-        for record in self.runtimes.values():
-            self._load(record)
+        for runtime in config.runtimes:
+            self.add_runtime(runtime)
+
+    def add_runtime(self, runtime: Runtime) -> None:
+        """A runtime joins (from -connect, or registered): its file is read back."""
+        record = self.runtimes[runtime.name] = RuntimeRecord(runtime)
+        self._saved_at[runtime.name] = 0.0
+        self._load(record)
+
+    def remove_runtime(self, name: str) -> None:
+        """A registered runtime left: its record goes, its file too, so that a
+        runtime registering later under its name never shows the pods of this one."""
+        del self.runtimes[name], self._saved_at[name]
+        self._unsaved.discard(name)
+        recordfile.record_path(self.config.rundir, name).unlink(missing_ok=True)
 
     # --- feeding ---------------------------------------------------------------
 
