@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench bench-restart soak deb clean
+.PHONY: venv demo test bench bench-restart soak deb clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ soak: venv
 # How long kubelet's calls fail across criproxy restarts, under a real systemd (root).
 bench-restart: venv
 	$(VPY) bench/restart.py
+
+# Every fuzz target under atheris, FUZZ_SECONDS each (fuzz/run.py): inputs run, inputs/s,
+# coverage, corpus size, crashes; fails on a crash. FUZZ_KNOWN: known failures to look past.
+FUZZ_SECONDS ?= 60
+FUZZ_KNOWN ?=
+fuzz: venv
+	$(VPY) -c 'import atheris' 2>/dev/null || $(VPY) -m pip install --quiet -e '.[fuzz]'
+	CRIPROXY_FUZZ_KNOWN=$(FUZZ_KNOWN) FUZZ_SECONDS=$(FUZZ_SECONDS) $(VPY) -m fuzz.run
 
 # $(DIST)/criproxy_<version>_<arch>.deb, built with Debian's own python3 (packaging/deb/).
 DIST ?= dist

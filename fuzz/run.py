@@ -1,0 +1,131 @@
+"""`make fuzz`: every target under atheris, FUZZ_SECONDS each, and a table.
+
+    python -m fuzz.run [--seconds N] [TARGET...]     run targets, print the table
+    python -m fuzz.run --child TARGET LIBFUZZER_ARGS   one target under atheris
+
+Each target starts from its seed corpus (fuzz/corpus/<target>/) and its kept
+crash inputs (fuzz/crashes/<target>/); what it finds new goes to
+build/fuzz/<target>/corpus/, a crash input to build/fuzz/<target>/ (move it to
+fuzz/crashes/<target>/ with its fix). Per target the table shows inputs run,
+inputs/s, coverage (libFuzzer's `cov:` edges and `ft:` features, criproxy's
+modules instrumented), corpus size, crashes. Exits non-zero on a crash.
+
+CRIPROXY_FUZZ_KNOWN (FUZZ_KNOWN in make) names known failures of files in
+another change that the targets then let pass, so a campaign looks past them;
+empty (the default), every invariant holds.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("requests", "answers", "wire", "files", "flags")
+FUZZ = ROOT / "fuzz"
+WORK = ROOT / "build" / "fuzz"
+# The code under test: instrumented for coverage (fuzz/ itself is not).
+INSTRUMENTED = ["criproxy", "workers"]
+
+
+def quiet_logs() -> None:
+    """criproxy's warnings for bad input would be most of the output: keep them
+    from stderr, but let handlers a target adds see them."""
+    logging.lastResort = None
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
+def fuzz_main(module: ModuleType) -> None:
+    """Run `module.test_one_input` under atheris (python -m fuzz.target_X ARGS;
+    coverage then covers only modules imported after this point)."""
+    import atheris
+    quiet_logs()
+    atheris.Setup(sys.argv, module.test_one_input)
+    atheris.Fuzz()
+
+
+def child(target: str, args: list[str]) -> None:
+    import atheris
+    quiet_logs()
+    with atheris.instrument_imports(include=INSTRUMENTED):
+        module: ModuleType = importlib.import_module(f"fuzz.target_{target}")
+    atheris.Setup([sys.argv[0], *args], module.test_one_input)
+    atheris.Fuzz()
+
+
+_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
+_DONE = re.compile(r"^Done (\d+) runs in (\d+) second")
+
+
+def run_target(target: str, seconds: int, jobs_env: dict[str, str]) -> dict[str, object]:
+    work = WORK / target
+    corpus = work / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    seeds, crashes = FUZZ / "corpus" / target, FUZZ / "crashes" / target
+    dirs = [str(corpus)] + [str(d) for d in (seeds, crashes) if d.is_dir()]
+    log_path = work / "fuzz.log"
+    command = [sys.executable, "-m", "fuzz.run", "--child", target, *dirs,
+               f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=4096",
+               "-print_final_stats=1", f"-artifact_prefix={work}/"]
+    started = time.monotonic()
+    with open(log_path, "w") as out:
+        rc = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                             env=jobs_env)
+    elapsed = time.monotonic() - started
+    result: dict[str, object] = {"target": target, "rc": rc, "seconds": elapsed, "runs": 0,
+                                 "cov": 0, "ft": 0, "corpus": 0, "crashes": [], "log": log_path}
+    for line in log_path.read_text(errors="replace").splitlines():
+        status = _STATUS.match(line)
+        if status:
+            result.update(runs=int(status[1]), cov=int(status[3]), ft=int(status[4]),
+                          corpus=int(status[5]))
+        done = _DONE.match(line)
+        if done:
+            result["runs"] = int(done[1])
+        if line.startswith("stat::number_of_executed_units:"):
+            result["runs"] = int(line.split()[-1])
+        if "Test unit written to " in line:
+            result["crashes"].append(line.split("Test unit written to ", 1)[1].strip())  # type: ignore[union-attr]
+    if rc != 0 and not result["crashes"]:
+        result["crashes"].append(f"exit code {rc}, see {log_path}")  # type: ignore[union-attr]
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--child"]:
+        child(argv[1], argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m fuzz.run")
+    parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", 60)))
+    parser.add_argument("targets", nargs="*", default=list(TARGETS))
+    options = parser.parse_args(argv)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    results = []
+    for target in options.targets:
+        print(f"fuzzing {target} for {options.seconds}s ...", flush=True)
+        results.append(run_target(target, options.seconds, env))
+    print()
+    print(f"{'target':10} {'seconds':>8} {'inputs run':>11} {'inputs/s':>9} {'cov':>6} "
+          f"{'ft':>7} {'corpus':>7} {'crashes':>8}")
+    for r in results:
+        rate = r["runs"] / r["seconds"] if r["seconds"] else 0  # type: ignore[operator]
+        print(f"{r['target']:10} {r['seconds']:8.0f} {r['runs']:11} {rate:9.0f} {r['cov']:6} "
+              f"{r['ft']:7} {r['corpus']:7} {len(r['crashes']):8}")  # type: ignore[arg-type]
+    failed = [r for r in results if r["crashes"]]
+    for r in failed:
+        for crash in r["crashes"]:  # type: ignore[union-attr]
+            print(f"{r['target']}: crash: {crash} (log: {r['log']})")
+    if failed:
+        print("replay one: .venv/bin/python -m fuzz.replay TARGET FILE", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,137 @@
+"""Target 1: kubelet's requests through the front.
+
+Every method of the routing table (criproxy/front/routing.py METHODS), with a
+request built from its descriptor (fuzz/builder.py) or taken as raw bytes, goes
+through the real Dispatcher over in-process links answering from a model of a
+runtime (fuzz/harness.py). Invariants:
+- the answer is bytes that decode as the method's response, or a CallError
+  whose code is one for a caller's mistake or a runtime's state, never UNKNOWN
+  or INTERNAL (the model runtimes answer well); no other exception escapes;
+- no input takes longer than harness.TIME_BOUND;
+- nothing reaches a runtime that ROUTING.md does not name for that request,
+  and an id routed by its prefix reaches its runtime unprefixed;
+- a merged List holds only objects of the runtimes, each with its prefix.
+
+Input: setup, runtime states, method, mode, then the builder's bytes (or the
+request itself when the mode says raw).
+"""
+from __future__ import annotations
+
+import sys
+
+from cri_api.v1 import api_pb2 as v1
+from google.protobuf.message import DecodeError
+
+from criproxy.front.routing import METHODS, Rule
+from criproxy.front.workerlink import CallError
+from fuzz import builder, harness
+from fuzz.provider import Provider
+
+RAW, BUILT, BUILT_DAMAGED = 0, 1, 2
+LIST_SANDBOXES = METHODS["/runtime.v1.RuntimeService/ListPodSandbox"]
+
+
+def header(setup: int, states: int, path: str, mode: int, prelist: bool = False) -> bytes:
+    """The first bytes of an input (fuzz/seeds.py writes seeds with it)."""
+    return bytes([setup, states, harness.METHOD_PATHS.index(path), mode | (prelist << 4)])
+
+
+def test_one_input(data: bytes) -> None:
+    p = Provider(data)
+    cfg = harness.config(p.byte())
+    states = p.byte()
+    path = harness.METHOD_PATHS[p.byte() % len(harness.METHOD_PATHS)]
+    method = METHODS[path]
+    flags = p.byte()
+    mode, prelist = flags % 3, bool(flags & 0x10)
+    if mode == RAW:
+        raw = p.rest()
+    else:
+        raw = builder.encode(p, builder.build(p, method.request))
+        if mode == BUILT_DAMAGED:
+            raw = builder.flip(p, raw)
+    if method.route.rule == Rule.STREAM_MERGE:
+        states &= ~1  # the primary's stream ends the merged one (harness.FakeLink)
+    dispatcher, links, journal = harness.make_dispatcher(cfg, states)
+    if prelist:
+        try:
+            harness.run(dispatcher.unary(LIST_SANDBOXES, b"", 5.0))
+        except CallError:
+            pass
+        del journal[:]
+    try:
+        request = method.request.FromString(raw)
+    except DecodeError:
+        request = None
+    outcome = harness.run(_call(dispatcher, method, raw))
+    check(cfg, method, request, outcome, links, journal)
+
+
+async def _call(dispatcher, method, raw):  # type: ignore[no-untyped-def]
+    try:
+        if method.route.rule == Rule.STREAM_MERGE:
+            items = []
+            try:
+                async for item in dispatcher.stream_merge(method, raw):
+                    items.append(item)
+                    if len(items) > 100:
+                        break
+            except CallError as err:
+                if err.code.name != "UNIMPLEMENTED" or not items and "model" not in err.message:
+                    return err
+            return items
+        return await dispatcher.unary(method, raw, 5.0)
+    except CallError as err:
+        return err
+
+
+def check(cfg, method, request, outcome, links, journal) -> None:  # type: ignore[no-untyped-def]
+    if isinstance(outcome, CallError):
+        assert outcome.code in harness.CALLER_CODES, \
+            f"{method.name} answered {outcome.code.name} for a caller's input: {outcome.message}"
+        assert isinstance(outcome.message, str)
+    if request is None:
+        assert isinstance(outcome, CallError) and outcome.code.name == "INVALID_ARGUMENT", \
+            f"{method.name}: undecodable request answered {outcome!r:.200}"
+        assert not journal, f"{method.name}: undecodable request forwarded: {journal}"
+        return
+    allowed = harness.expected_receivers(cfg, method, request)
+    for runtime, name, body in journal:
+        if name != method.name:
+            assert name == "ListPodSandbox" and method.route.images_follow_pod, \
+                f"{method.name} made a {name} call to {runtime!r}"
+            continue
+        assert allowed is None or runtime in allowed, \
+            f"{method.name} reached runtime {runtime!r}; ROUTING.md names {allowed}"
+        if method.route.rule == Rule.BY_ID:
+            key = getattr(request, method.route.key)
+            bare = key[len(runtime) + 2:] if runtime else key
+            sent = getattr(method.request.FromString(body), method.route.key)
+            assert sent == bare, f"{method.name}: {key!r} reached {runtime!r} as {sent!r}"
+    if isinstance(outcome, bytes):
+        answer = method.response.FromString(outcome)
+        if method.name == "ListPodSandbox":
+            _owned(cfg, links, [s.id for s in answer.items], "sandboxes")
+        elif method.name == "ListContainers":
+            _owned(cfg, links, [c.id for c in answer.containers], "containers")
+    elif isinstance(outcome, list):
+        for item in outcome:
+            event = v1.ContainerEventResponse.FromString(item)
+            _owned(cfg, links, [event.container_id], "containers")
+
+
+def _owned(cfg, links, ids, kind) -> None:  # type: ignore[no-untyped-def]
+    for shown in ids:
+        runtime = harness.id_owner(cfg, shown)
+        bare = shown[len(runtime) + 2:] if runtime else shown
+        assert bare in getattr(links[runtime].model, kind), \
+            f"{shown!r} is none of runtime {runtime!r}'s {kind}"
+
+
+def main() -> None:
+    from fuzz.run import fuzz_main
+    fuzz_main(sys.modules[__name__])
+
+
+if __name__ == "__main__":
+    main()
