@@ -126,3 +126,15 @@ def test_owners_of_list_filters() -> None:
         id="alt__c", pod_sandbox_id="s")), NAMES) == {"alt", ""}
     assert owners(cri.ListImagesRequest(filter=cri.ImageFilter(
         image=cri.ImageSpec(image=DIGEST))), NAMES) == set()
+
+
+def test_a_name_ending_in_an_underscore_owns_its_ids() -> None:
+    """`x_` shows id `abc` as `x___abc` (found by fuzz/target_requests.py: every
+    call by id of such a runtime went to the primary)."""
+    names = Names(["", "x_", "_y"])
+    for runtime in ("x_", "_y"):
+        for bare in ("abc", "_abc", "a__b", ""):
+            assert names.split_id(prefix_id(runtime, bare) if bare else runtime + "__") == \
+                (runtime, bare)
+    assert names.split_id("x__abc") == ("", "x__abc")  # no runtime `x`
+

@@ -44,6 +44,10 @@ class Names:
         name, sep, rest = object_id.partition(ID_SEPARATOR)
         if sep and name in self._named:
             return name, rest
+        # A name may end with "_" (never hold "__"): `x_` shows id `abc` as `x___abc`,
+        # whose first "__" comes one character early.
+        if sep and rest.startswith("_") and name + "_" in self._named:
+            return name + "_", rest[1:]
         return PRIMARY, object_id
 
     def prefix_owner(self, image: str) -> str | None:
