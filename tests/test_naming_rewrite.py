@@ -138,3 +138,14 @@ def test_a_name_ending_in_an_underscore_owns_its_ids() -> None:
                 (runtime, bare)
     assert names.split_id("x__abc") == ("", "x__abc")  # no runtime `x`
 
+
+def test_empty_strings_in_repeated_fields_are_left_alone() -> None:
+    """As in singular fields: an empty repo tag is nobody's (found by
+    fuzz/target_answers.py: stripping a prefixed Image refused its empty tag as
+    the primary's, so strip did not undo add)."""
+    image = cri.Image(id="sha256:" + "a" * 64, repo_tags=["", "busybox:1"], repo_digests=[""])
+    add_prefixes(image, "alt")
+    assert list(image.repo_tags) == ["", "alt/busybox:1"] and list(image.repo_digests) == [""]
+    assert strip_prefixes(image, "alt", Names(["", "alt"]))
+    assert list(image.repo_tags) == ["", "busybox:1"]
+    assert owners(cri.Image(repo_tags=[""]), Names(["", "alt"])) == set()

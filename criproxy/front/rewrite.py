@@ -103,7 +103,7 @@ def _rewrite(message: Message, plan: _Walk, rewriter: Rewriter) -> None:
         elif repeated:
             values = getattr(message, name)
             if values:
-                new_values = [rewriter(kind, name, v, message) for v in values]
+                new_values = [rewriter(kind, name, v, message) if v else v for v in values]
                 if new_values != list(values):
                     values[:] = new_values
         else:
