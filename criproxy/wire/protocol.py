@@ -73,7 +73,7 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 }
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "id": int, "m": str, "b": bytes, "d": (int, float, type(None)), "inc": str, "c": int,
-    "s": str, "pid": int, "st": str, "tc": dict,
+    "s": str, "pid": int, "st": str, "tc": dict, "up": (int, float), "r": str, "v": str,
 }
 
 
@@ -83,6 +83,9 @@ class RuntimeState(str, enum.Enum):
     CONNECTING = "connecting"
     UP = "up"
     DOWN = "down"
+
+
+_STATES = frozenset(state.value for state in RuntimeState)
 
 
 class ProtocolError(Exception):
@@ -115,4 +118,6 @@ def unpack(frame: bytes) -> dict[str, Any]:
              if key in message and not isinstance(message[key], kind)]
     if wrong:
         raise ProtocolError(f"{message['t']} message has ill-typed {', '.join(wrong)}")
+    if "st" in message and message["st"] not in _STATES:
+        raise ProtocolError(f"{message['t']} message has unknown state {message['st']!r:.100}")
     return message
