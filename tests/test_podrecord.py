@@ -304,3 +304,18 @@ def test_without_any_answer_the_journal_keeps_its_newest_half(record: PodRecord,
     assert record.pod_runtime(lambda pod: pod.metadata.uid == "u29") == "alt"  # image routing
     feed(record, [sandbox("s29", "u29")], [container("c29", "s29", "u29")])
     assert listed_pods(record) == ["s29"]
+
+
+def test_a_record_file_whose_answer_does_not_decode_is_not_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose msgpack is sound but whose answer bytes are not (a damaged
+    disk): kept, it failed every view of the runtime, so every List, image call and
+    write of the record (found by fuzz/target_files.py)."""
+    path = recordfile.record_path(str(tmp_path), "alt")
+    recordfile.save(path, "/a.sock", {"ListPodSandbox": (b"\x0a\x05\x0a", time.time()),
+                                      "ListContainers": (containers_answer(), time.time())})
+    record = make_record(tmp_path)
+    assert listed_pods(record) is None and listed_containers(record) == []
+    assert record.pod_runtime(lambda sandbox: True) is None
+    assert "does not decode" in caplog.text
+

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from cri_api.v1 import api_pb2 as v1
 from criproxy.record import listfilter, recordfile
@@ -257,6 +257,10 @@ class PodRecord:
         now = time.time()
         for method, (raw, taken) in recordfile.load(path, record.runtime.socket).items():
             if method in LISTS and now - taken <= self.config.stale_for:
+                if not _decodes(method, raw):
+                    log.warning("ignoring runtime %s's last %s answer in %s: it does not "
+                                "decode", record.runtime.label, method, path)
+                    continue
                 record.answers[method] = Answer(raw, taken, 0)
 
     def _save_now(self, runtime: str) -> None:
@@ -273,6 +277,17 @@ class PodRecord:
         since = time.monotonic() - self._saved_at[runtime]
         if (runtime in self._unsaved and since >= _WRITE_EVERY) or since > _REFRESH_FILE_EVERY:
             self._save_now(runtime)
+
+
+def _decodes(method: str, raw: bytes) -> bool:
+    """Whether a List answer read from a file decodes (a damaged one would fail
+    every view of the runtime's record, and so every List)."""
+    try:
+        _decode(v1.ListPodSandboxResponse if method == SANDBOXES else v1.ListContainersResponse,
+                Answer(raw, 0.0, 0))
+        return True
+    except DecodeError:
+        return False
 
 
 def _selected(view: View, method: str, request: Message) -> bytes:
