@@ -319,3 +319,17 @@ def test_a_record_file_whose_answer_does_not_decode_is_not_used(
     assert record.pod_runtime(lambda sandbox: True) is None
     assert "does not decode" in caplog.text
 
+
+@pytest.mark.parametrize("body, said", [
+    ({"v": 2, "socket": "/a.sock", "lists": {}}, "of another version"),
+    ({"v": 1, "socket": "/elsewhere.sock", "lists": {}}, "not /a.sock's"),
+    ([1, 2], "unreadable"),
+])
+def test_a_record_file_discarded_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                         body: object, said: str) -> None:
+    """Another version or socket was dropped without a word (fuzz/target_files.py)."""
+    import msgpack
+    path = recordfile.record_path(str(tmp_path), "alt")
+    path.write_bytes(msgpack.packb(body))
+    assert recordfile.load(path, "/a.sock") == {}
+    assert said in caplog.text

@@ -44,7 +44,15 @@ def save(path: Path, socket: str, lists: Lists) -> None:
 def load(path: Path, socket: str) -> Lists:
     try:
         data = msgpack.unpackb(path.read_bytes(), raw=False)
-        if data.get("v") != VERSION or data.get("socket") != socket:
+        if not isinstance(data, dict):
+            raise ValueError(f"a {type(data).__name__}, not a map")
+        if data.get("v") != VERSION:
+            log.warning("ignoring last answers %s of another version (%.20r, want %d)",
+                        path, data.get("v"), VERSION)
+            return {}
+        if data.get("socket") != socket:
+            log.warning("ignoring last answers %s: they are runtime socket %.200r's, not %s's",
+                        path, data.get("socket"), socket)
             return {}
         return {str(m): (bytes(raw), float(taken)) for m, (raw, taken) in data["lists"].items()}
     except FileNotFoundError:
