@@ -7,8 +7,8 @@ deploy/runtime-daemonset/nested-containerd.yaml through tests/kubepod.py, create
 criproxy's socket as kubelet would. The node's paths the manifest names are a test's
 directories (NODE_PATHS); /sys/fs/cgroup stays the host's.
 
-criproxy learns of the runtime by its registration (-runtimesDir) where criproxy has it;
-before that, by -connect NAME:unix://DIR/NAME.sock and -runtimeHandlers at start.
+criproxy starts with the primary only and learns of the runtime by its registration:
+its socket at -runtimesDir/NAME.sock, its RuntimeClass handlers in NAME.json beside it.
 """
 from __future__ import annotations
 
@@ -40,15 +40,6 @@ TARGET_RUNTIME = "kubernetes.io/target-runtime"
 UID_LABEL = "io.kubernetes.pod.uid"
 CALL_TIMEOUT = 30
 LIST_BUDGET = 2.0
-
-
-def registration_in_criproxy() -> bool:
-    """Whether this criproxy has -runtimesDir (registration); CRIPROXY_E2E_REGISTRATION=
-    connect|dir says which way to tell it of the runtime instead."""
-    chosen = os.environ.get("CRIPROXY_E2E_REGISTRATION", "")
-    if chosen:
-        return chosen == "dir"
-    return "-runtimesDir" in (REPO / "criproxy" / "settings.py").read_text()
 
 
 def timed(call: Callable[[], object]) -> tuple[float, grpc.RpcError | None]:
@@ -158,15 +149,10 @@ class Site:
     # ------------------------------------------------------------ criproxy
 
     def start_criproxy(self) -> Proxy:
-        common = ("-listBudget", str(LIST_BUDGET))
-        if registration_in_criproxy():
-            self.proxy = start_proxy(self.primary_socket, "-runtimesDir", str(self.regdir),
-                                     *common, workdir=self.base / "px", wait_for=["primary"])
-        else:
-            self.proxy = start_proxy(
-                f"{self.primary_socket},{self.name}:unix://{self.socket}",
-                "-runtimeHandlers", f"{self.handler}={self.name}:runc", *common,
-                workdir=self.base / "px", wait_for=["primary"])
+        """criproxy with the primary only; the runtime registers in -runtimesDir."""
+        self.proxy = start_proxy(self.primary_socket, "-runtimesDir", str(self.regdir),
+                                 "-listBudget", str(LIST_BUDGET), workdir=self.base / "px",
+                                 wait_for=["primary"])
         self.via = Cri.connect(f"unix://{self.proxy.listen}")
         return self.proxy
 

@@ -6,7 +6,8 @@ deploy/runtime-daemonset/nested-containerd.yaml (tests/kubepod.py derives the CR
 from the manifest): the pod runs on the primary, privileged, on the node's network, PID and
 IPC namespaces, with hostPath mounts; its container runs a second containerd with runc,
 from an image built offline from Debian's packages (scripts/nestedimage.py), listening on
-a socket in the registration directory. Then, through the same socket:
+a socket in criproxy's -runtimesDir, which registers it (with the RuntimeClass handler
+its NAME.json names). Then, through the same socket:
 
 - pods placed on the nested runtime by annotation and by RuntimeClass handler run there:
   ExecSync, Exec streaming (websocket), logs in the node's log directory;
