@@ -8,7 +8,8 @@ crash inputs (fuzz/crashes/<target>/); what it finds new goes to
 build/fuzz/<target>/corpus/, a crash input to build/fuzz/<target>/ (move it to
 fuzz/crashes/<target>/ with its fix). Per target the table shows inputs run,
 inputs/s, coverage (libFuzzer's `cov:` edges and `ft:` features, criproxy's
-modules instrumented), corpus size, crashes. Exits non-zero on a crash.
+modules instrumented), corpus size, crashes. Exits non-zero on a crash. A target
+with a `custom_mutator` (fuzz/mutator.py: protobuf-aware) gets it.
 
 CRIPROXY_FUZZ_KNOWN (FUZZ_KNOWN in make) names known failures of files in
 another change that the targets then let pass, so a campaign looks past them;
@@ -47,7 +48,11 @@ def fuzz_main(module: ModuleType) -> None:
     coverage then covers only modules imported after this point)."""
     import atheris
     quiet_logs()
-    atheris.Setup(sys.argv, module.test_one_input)
+    mutator = getattr(module, "custom_mutator", None)
+    if mutator is not None:
+        atheris.Setup(sys.argv, module.test_one_input, custom_mutator=mutator)
+    else:
+        atheris.Setup(sys.argv, module.test_one_input)
     atheris.Fuzz()
 
 
@@ -56,7 +61,11 @@ def child(target: str, args: list[str]) -> None:
     quiet_logs()
     with atheris.instrument_imports(include=INSTRUMENTED):
         module: ModuleType = importlib.import_module(f"fuzz.target_{target}")
-    atheris.Setup([sys.argv[0], *args], module.test_one_input)
+    mutator = getattr(module, "custom_mutator", None)
+    if mutator is not None:
+        atheris.Setup([sys.argv[0], *args], module.test_one_input, custom_mutator=mutator)
+    else:
+        atheris.Setup([sys.argv[0], *args], module.test_one_input)
     atheris.Fuzz()
 
 

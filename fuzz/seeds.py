@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import msgpack
@@ -133,7 +132,8 @@ def requests() -> dict[str, tuple[str, bytes]]:
             image=digest(5)))),
         "fs-info": (I + "ImageFsInfo", v1.ImageFsInfoRequest()),
     }
-    return {name: (path, message.SerializeToString()) for name, (path, message) in seeds.items()}
+    return {name: (path, message.SerializeToString(deterministic=True))
+            for name, (path, message) in seeds.items()}
 
 
 def answers() -> dict[str, tuple[str, bytes]]:
@@ -141,7 +141,8 @@ def answers() -> dict[str, tuple[str, bytes]]:
     pods = v1.ListPodSandboxResponse(items=model.sandboxes.values())
     containers = v1.ListContainersResponse(containers=model.containers.values())
     sid, cid = next(iter(model.sandboxes)), next(iter(model.containers))
-    return {name: (path, message.SerializeToString()) for name, (path, message) in {
+    return {name: (path, message.SerializeToString(deterministic=True))
+            for name, (path, message) in {
         "pods": (R + "ListPodSandbox", pods),
         "containers": (R + "ListContainers", containers),
         "images": (I + "ListImages", v1.ListImagesResponse(images=model.images.values())),
@@ -178,14 +179,14 @@ def wire() -> dict[str, bytes]:
 
 def files() -> dict[str, bytes]:
     model = harness.Model("alt")
-    now = time.time()
+    now = 1_750_000_000.0  # fixed, so that rerunning writes the same files
     record = msgpack.packb({"v": 1, "socket": "/a.sock", "lists": {
         "ListPodSandbox": [v1.ListPodSandboxResponse(
-            items=model.sandboxes.values()).SerializeToString(), now],
+            items=model.sandboxes.values()).SerializeToString(deterministic=True), now],
         "ListContainers": [v1.ListContainersResponse(
-            containers=model.containers.values()).SerializeToString(), now]}},
+            containers=model.containers.values()).SerializeToString(deterministic=True), now]}},
         use_bin_type=True)
-    settings = json.dumps(to_values(harness.config(0))).encode()
+    settings = json.dumps({**to_values(harness.config(0)), "rundir": "/run/criproxy"}).encode()
     return {"record": b"\x00" + record, "record-built": b"\x01" + bytes(64),
             "settings": b"\x02" + settings, "settings-built": b"\x03" + bytes(32)}
 
@@ -224,6 +225,16 @@ def main() -> None:
         0, 0, R + "ListPodSandbox", target_requests.BUILT) + hashlib.sha256(b"1").digest() * 4)
     write("requests", "prelist-pull-pod", target_requests.header(
         0, 0, I + "PullImage", target_requests.RAW, prelist=True) + requests()["pull-pod"][1])
+    # Sequences: kubelet's change, then a List served by the record for a runtime down.
+    table = requests()
+    for first, then, states in (("run-pod-alt", "list-pods", 0b100), ("create-alt", "list-containers",
+                                 0b100), ("stop-pod-alt", "list-pods-ready", 0b100),
+                                ("pull-pod", "image-status-pod", 0)):
+        path, raw = table[first]
+        second = harness.UNARY_PATHS.index(table[then][0])
+        write("requests", f"then-{first}-{then}", target_requests.header(
+            0, states, path, target_requests.RAW, prelist=True, then=True)
+            + bytes([second]) + len(raw).to_bytes(2, "big") + raw + bytes(16))
     for name, (path, raw) in answers().items():
         write("answers", name, target_answers.header(0, 1, path, target_answers.RAW) + raw)
         write("answers", name + "-built", target_answers.header(

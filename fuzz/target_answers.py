@@ -31,6 +31,7 @@ from criproxy.front.routing import METHODS, Method, Rule
 from criproxy.front.slim import slim_class
 from criproxy.front.workerlink import CallError
 from fuzz import builder, harness
+from fuzz.mutator import message_mutator
 from fuzz.provider import Provider
 
 RAW, BUILT, BUILT_DAMAGED = 0, 1, 2
@@ -215,6 +216,14 @@ def check_slim(method: Method, answer: bytes, runtime: str) -> None:
     add_prefixes(lean, runtime)
     again = method.response.FromString(lean.SerializeToString())
     assert again == full, f"{method.name}: slim and full decodes differ for runtime {runtime!r}"
+
+
+def _message_of(head: bytes) -> type | None:
+    """The response class of a raw input (for fuzz/mutator.py)."""
+    return METHODS[PATHS[head[2] % len(PATHS)]].response if head[3] % 3 == RAW else None
+
+
+custom_mutator = message_mutator(4, _message_of)
 
 
 def main() -> None:

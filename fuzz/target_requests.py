@@ -12,8 +12,10 @@ runtime (fuzz/harness.py). Invariants:
   and an id routed by its prefix reaches its runtime unprefixed;
 - a merged List holds only objects of the runtimes, each with its prefix.
 
-Input: setup, runtime states, method, mode, then the builder's bytes (or the
-request itself when the mode says raw).
+Input: setup, runtime states, method, mode (raw, built, built and damaged;
+whether every runtime answered both Lists before its state was set; whether a
+second call follows), then the builder's bytes (or the request itself when
+the mode says raw).
 """
 from __future__ import annotations
 
@@ -25,46 +27,62 @@ from google.protobuf.message import DecodeError
 from criproxy.front.routing import METHODS, Rule
 from criproxy.front.workerlink import CallError
 from fuzz import builder, harness
+from fuzz.mutator import message_mutator
 from fuzz.provider import Provider
 
 RAW, BUILT, BUILT_DAMAGED = 0, 1, 2
 LIST_SANDBOXES = METHODS["/runtime.v1.RuntimeService/ListPodSandbox"]
+LIST_CONTAINERS = METHODS["/runtime.v1.RuntimeService/ListContainers"]
 
 
-def header(setup: int, states: int, path: str, mode: int, prelist: bool = False) -> bytes:
+def header(setup: int, states: int, path: str, mode: int, prelist: bool = False,
+           then: bool = False) -> bytes:
     """The first bytes of an input (fuzz/seeds.py writes seeds with it)."""
-    return bytes([setup, states, harness.METHOD_PATHS.index(path), mode | (prelist << 4)])
+    return bytes([setup, states, harness.METHOD_PATHS.index(path),
+                  mode | (prelist << 4) | (then << 5)])
+
+
+def _request(p: Provider, method, mode: int) -> bytes:  # type: ignore[no-untyped-def]
+    if mode == RAW:
+        return p.rest()
+    raw = builder.encode(p, builder.build(p, method.request))
+    return builder.flip(p, raw) if mode == BUILT_DAMAGED else raw
 
 
 def test_one_input(data: bytes) -> None:
     p = Provider(data)
     cfg = harness.config(p.byte())
     states = p.byte()
-    path = harness.METHOD_PATHS[p.byte() % len(harness.METHOD_PATHS)]
-    method = METHODS[path]
+    method = METHODS[harness.METHOD_PATHS[p.byte() % len(harness.METHOD_PATHS)]]
     flags = p.byte()
-    mode, prelist = flags % 3, bool(flags & 0x10)
-    if mode == RAW:
-        raw = p.rest()
+    mode, prelist, then = flags % 3, bool(flags & 0x10), bool(flags & 0x20)
+    calls = []
+    if then:  # a second call after the first: a raw first one comes with its length
+        second = METHODS[harness.UNARY_PATHS[p.byte() % len(harness.UNARY_PATHS)]]
+        first = p.take(p.int_in(0, 0xFFFF)) if mode == RAW else _request(p, method, mode)
+        calls.append((method, first))
+        calls.append((second, _request(p, second, mode)))
     else:
-        raw = builder.encode(p, builder.build(p, method.request))
-        if mode == BUILT_DAMAGED:
-            raw = builder.flip(p, raw)
-    if method.route.rule == Rule.STREAM_MERGE:
+        calls.append((method, _request(p, method, mode)))
+    if any(m.route.rule == Rule.STREAM_MERGE for m, _ in calls):
         states &= ~1  # the primary's stream ends the merged one (harness.FakeLink)
-    dispatcher, links, journal = harness.make_dispatcher(cfg, states)
+    # With `prelist`, every runtime answers both Lists first (the record then holds
+    # them), and only then do the input's runtimes go down.
+    dispatcher, links, journal = harness.make_dispatcher(cfg, 0 if prelist else states)
     if prelist:
-        try:
-            harness.run(dispatcher.unary(LIST_SANDBOXES, b"", 5.0))
-        except CallError:
-            pass
+        for listing in (LIST_SANDBOXES, LIST_CONTAINERS):
+            harness.run(dispatcher.unary(listing, b"", 5.0))
+        for i, runtime in enumerate(cfg.runtimes):
+            links[runtime.name].up = i == 0 or not states >> (2 * i) & 1
+            links[runtime.name].cri_version = "v1alpha2" if states >> (2 * i + 1) & 1 else "v1"
+    for call_method, raw in calls:
         del journal[:]
-    try:
-        request = method.request.FromString(raw)
-    except DecodeError:
-        request = None
-    outcome = harness.run(_call(dispatcher, method, raw))
-    check(cfg, method, request, outcome, links, journal)
+        try:
+            request = call_method.request.FromString(raw)
+        except DecodeError:
+            request = None
+        outcome = harness.run(_call(dispatcher, call_method, raw))
+        check(cfg, call_method, request, outcome, links, journal)
 
 
 async def _call(dispatcher, method, raw):  # type: ignore[no-untyped-def]
@@ -126,6 +144,16 @@ def _owned(cfg, links, ids, kind) -> None:  # type: ignore[no-untyped-def]
         bare = shown[len(runtime) + 2:] if runtime else shown
         assert bare in getattr(links[runtime].model, kind), \
             f"{shown!r} is none of runtime {runtime!r}'s {kind}"
+
+
+def _message_of(head: bytes) -> type | None:
+    """The request class of a raw single-call input (for fuzz/mutator.py)."""
+    if head[3] % 3 != RAW or head[3] & 0x20:
+        return None
+    return METHODS[harness.METHOD_PATHS[head[2] % len(harness.METHOD_PATHS)]].request
+
+
+custom_mutator = message_mutator(4, _message_of)
 
 
 def main() -> None:
