@@ -7,6 +7,7 @@ or a call by id of that runtime's object). Invariants:
 - nothing but a CallError escapes; a runtime's bad answer is never blamed on the
   caller (no INVALID_ARGUMENT), and a merged List with a healthy runtime beside
   it answers (with the healthy ones' objects) instead of failing (issue 25);
+  an undecodable answer is noted on the runtime's link (status, metrics);
 - the pod record is unharmed: its views, its file, its last answers still serve
   the next calls (a merged List with that runtime down answers);
 - for well-formed answers (built from the response descriptor), stripping the
@@ -149,8 +150,14 @@ def check_outcome(method: Method, bad: str, answer: bytes, outcome: object,
             f"{method.name}: runtime {bad!r}'s answer blamed on the caller: {outcome.message}"
         assert not merged, \
             f"merged {method.name} failed for runtime {bad!r}'s answer: {outcome}"
+        if outcome.code == grpc.StatusCode.INTERNAL:
+            assert links[bad].bad_answers, f"{method.name}: a bad answer left no note"
         return
     full_ok = _decodes(method.response, answer)
+    if merged and not full_ok and bad in _asked(links, method):
+        # Status and metrics show the runtime misbehaving (WorkerLink.note_bad_answer).
+        assert links[bad].bad_answers, \
+            f"merged {method.name}: runtime {bad!r}'s undecodable answer left no note"
     if merged:
         # The healthy runtimes' objects are all there.
         response = method.response.FromString(outcome)
@@ -163,6 +170,10 @@ def check_outcome(method: Method, bad: str, answer: bytes, outcome: object,
                             f"merged ListPodSandbox lost runtime {name!r}'s sandbox {sid}"
     elif full_ok and method.route.rule != Rule.FAN_OUT:
         method.response.FromString(outcome)
+
+
+def _asked(links: dict[str, harness.FakeLink], method: Method) -> set[str]:
+    return {runtime for runtime, name, _body in links[""].journal if name == method.name}
 
 
 def check_record(dispatcher, links: dict[str, harness.FakeLink], bad: str) -> None:  # type: ignore[no-untyped-def]
