@@ -295,7 +295,7 @@ def test_the_runtime_comes_and_goes_as_pods_do(site: Site, runtime: nr.RuntimePo
     with capsys.disabled():
         print("\nruntime in a pod:", report, *figures, sep="\n")
     assert not partial(relists), report
-    assert longest_failure(relists) < 8.0, report
+    assert longest_failure(relists) < 8.0, f"{report}\n{site.proxy.log()[-6000:]}"
     assert nested_sandbox_state(site, fresh) == pb.SANDBOX_READY
     assert site.container_pid(upgraded.cid) > 0
 
