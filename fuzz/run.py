@@ -8,7 +8,8 @@ crash inputs (fuzz/crashes/<target>/); what it finds new goes to
 build/fuzz/<target>/corpus/, a crash input to build/fuzz/<target>/ (move it to
 fuzz/crashes/<target>/ with its fix). Per target the table shows inputs run,
 inputs/s, coverage (libFuzzer's `cov:` edges and `ft:` features, criproxy's
-modules instrumented), corpus size, crashes. Exits non-zero on a crash. A target
+modules instrumented) and when it last grew (about: inputs so far over the rate
+so far), corpus size, crashes. Exits non-zero on a crash. A target
 with a `custom_mutator` (fuzz/mutator.py: protobuf-aware) gets it.
 
 CRIPROXY_FUZZ_KNOWN (FUZZ_KNOWN in make) names known failures of files in
@@ -31,7 +32,7 @@ from types import ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("requests", "answers", "wire", "files", "flags")
 FUZZ = ROOT / "fuzz"
-WORK = ROOT / "build" / "fuzz"
+WORK = Path(os.environ.get("FUZZ_WORK", ROOT / "build" / "fuzz"))  # new inputs, crashes, logs
 # The code under test: instrumented for coverage (fuzz/ itself is not).
 INSTRUMENTED = ["criproxy", "workers"]
 
@@ -69,7 +70,7 @@ def child(target: str, args: list[str]) -> None:
     atheris.Fuzz()
 
 
-_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
+_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/.*?exec/s: (\d+)")
 _DONE = re.compile(r"^Done (\d+) runs in (\d+) second")
 
 
@@ -89,12 +90,16 @@ def run_target(target: str, seconds: int, jobs_env: dict[str, str]) -> dict[str,
                              env=jobs_env)
     elapsed = time.monotonic() - started
     result: dict[str, object] = {"target": target, "rc": rc, "seconds": elapsed, "runs": 0,
-                                 "cov": 0, "ft": 0, "corpus": 0, "crashes": [], "log": log_path}
+                                 "cov": 0, "ft": 0, "corpus": 0, "crashes": [], "log": log_path,
+                                 "cov_at": 0.0}
     for line in log_path.read_text(errors="replace").splitlines():
         status = _STATUS.match(line)
         if status:
-            result.update(runs=int(status[1]), cov=int(status[3]), ft=int(status[4]),
-                          corpus=int(status[5]))
+            runs, cov, rate = int(status[1]), int(status[3]), int(status[6])
+            if cov > result["cov"]:  # type: ignore[operator]
+                # When coverage last grew: inputs so far over the average rate so far.
+                result["cov_at"] = runs / rate if rate else 0.0
+            result.update(runs=runs, cov=cov, ft=int(status[4]), corpus=int(status[5]))
         done = _DONE.match(line)
         if done:
             result["runs"] = int(done[1])
@@ -122,11 +127,12 @@ def main(argv: list[str]) -> int:
         results.append(run_target(target, options.seconds, env))
     print()
     print(f"{'target':10} {'seconds':>8} {'inputs run':>11} {'inputs/s':>9} {'cov':>6} "
-          f"{'ft':>7} {'corpus':>7} {'crashes':>8}")
+          f"{'ft':>7} {'cov grew last at':>17} {'corpus':>7} {'crashes':>8}")
     for r in results:
         rate = r["runs"] / r["seconds"] if r["seconds"] else 0  # type: ignore[operator]
         print(f"{r['target']:10} {r['seconds']:8.0f} {r['runs']:11} {rate:9.0f} {r['cov']:6} "
-              f"{r['ft']:7} {r['corpus']:7} {len(r['crashes']):8}")  # type: ignore[arg-type]
+              f"{r['ft']:7} {r['cov_at']:16.0f}s {r['corpus']:7} "
+              f"{len(r['crashes']):8}")  # type: ignore[arg-type]
     failed = [r for r in results if r["crashes"]]
     for r in failed:
         for crash in r["crashes"]:  # type: ignore[union-attr]
