@@ -194,7 +194,8 @@ def main() -> int:
     print(f"runtime in a pod, {args.rounds} rounds")
     for key in ("socket_to_first_served_ms", "kill9_failing_stretch_ms",
                 "kill9_runtime_own_start_ms"):
-        print(f"  {key:<28} median {figures[key]['median']:7.0f}  worst {figures[key]['worst']:7.0f}")
+        got = figures[key]
+        print(f"  {key:<28} median {got['median']:7.0f}  worst {got['worst']:7.0f}")
     print(f"  relists {figures['relists']}, failed {figures['failed_relists']} "
           f"(longest {figures['longest_failed_relists_s']:.1f} s), partial {len(bad)}")
     for r in bad[:5]:

@@ -38,6 +38,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from tests import nested_runtime as nr
 from tests.nested_runtime import CALL_TIMEOUT, LIST_BUDGET, Site, timed, wait_until
+from tests.relister import Relister, longest_failure, partial, summary
 from tests.wsexec import ws_exec
 
 pytestmark = pytest.mark.skipif(
@@ -171,7 +172,10 @@ def test_pods_run_on_the_nested_runtime_by_annotation_and_by_handler(
 # ---------------------------------------------------------------- it comes and goes
 
 
-def gone_calls(site: Site, nested: list[nr.NestedPod]) -> dict[str, tuple[float, grpc.RpcError | None]]:
+Timed = dict[str, tuple[float, grpc.RpcError | None]]
+
+
+def gone_calls(site: Site, nested: list[nr.NestedPod]) -> Timed:
     """Calls for the nested runtime while it is gone: each timed, with its error."""
     assert site.via is not None
     rt, pod = site.via.runtime, nested[0]
@@ -185,7 +189,7 @@ def gone_calls(site: Site, nested: list[nr.NestedPod]) -> dict[str, tuple[float,
     }
 
 
-def runtime_pod_calls(site: Site, pod: nr.RuntimePod) -> dict[str, tuple[float, grpc.RpcError | None]]:
+def runtime_pod_calls(site: Site, pod: nr.RuntimePod) -> Timed:
     """What kubelet asks of the runtime's own pod, and the node's calls (all on the primary)."""
     assert site.via is not None
     rt, images = site.via.runtime, site.via.images
@@ -208,7 +212,7 @@ def runtime_pod_calls(site: Site, pod: nr.RuntimePod) -> dict[str, tuple[float, 
     }
 
 
-def show(title: str, calls: dict[str, tuple[float, grpc.RpcError | None]]) -> str:
+def show(title: str, calls: Timed) -> str:
     return f"{title}: " + ", ".join(
         f"{name} {secs * 1000:.0f} ms{' ' + err.code().name if err else ''}"
         for name, (secs, err) in calls.items())
@@ -243,7 +247,6 @@ def back_within(site: Site) -> float:
 
 def test_the_runtime_comes_and_goes_as_pods_do(site: Site, runtime: nr.RuntimePod,
                                               nested: list[nr.NestedPod], capsys) -> None:
-    from tests.relister import Relister, longest_failure, partial, summary
     assert site.proxy is not None
     relister = Relister(str(site.proxy.listen), {runtime.pod_id, *(p.pod_id for p in nested)},
                         {runtime.cid, *(p.cid for p in nested)}, nested[1].uid,
