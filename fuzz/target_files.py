@@ -7,9 +7,12 @@ truncated, corrupted, of another version or another socket. Invariants:
   is discarded, never an exception; the pod record built on it (PodRecord)
   then serves: its views, its last answers, a merged List with the runtime down;
 - a settings file gives a Config or a ConfigError, nothing else; a Config
-  written back (settings.to_values) loads as the same Config.
+  written back (settings.to_values) loads as the same Config;
+- the registrar's published list (registrations.published_registrations, read by
+  the front at start) gives registrations or a ConfigError.
 
-Input: mode (record file, settings file), then the builder's bytes or the file.
+Input: mode (record, settings or published file; raw or built), then the
+builder's bytes or the file.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import msgpack
 from cri_api.v1 import api_pb2 as v1
 
 from criproxy.front.routing import METHODS
+from criproxy import registrations
 from criproxy.record import recordfile
 from criproxy.record.podrecord import PodRecord
 from criproxy.settings import ConfigError, load_settings_file, to_values
@@ -33,7 +37,7 @@ from criproxy.front.workerlink import CallError
 from fuzz import builder, harness
 from fuzz.provider import Provider
 
-RECORD_RAW, RECORD_BUILT, SETTINGS_RAW, SETTINGS_BUILT = range(4)
+RECORD_RAW, RECORD_BUILT, SETTINGS_RAW, SETTINGS_BUILT, PUBLISHED_RAW, PUBLISHED_BUILT = range(6)
 LIST_SANDBOXES = METHODS["/runtime.v1.RuntimeService/ListPodSandbox"]
 # Known failures in files of another change, let pass for a campaign (see target_answers).
 KNOWN = set(os.environ.get("CRIPROXY_FUZZ_KNOWN", "").split(","))
@@ -114,13 +118,56 @@ def settings_file(p: Provider) -> bytes:
     return encoded
 
 
+def published_file(p: Provider) -> bytes:
+    """registered.json as the registrar publishes it, then damaged."""
+    entry: Any = {"name": p.pick(("alt", "vm.cloud", "", "a__b", 3)),
+                  "socket": p.pick(("/run/criproxy-runtimes/alt.sock", None, 1)),
+                  "handlers": p.pick(({"kata": "kata"}, {}, {"": "x"}, ["kata"], "kata", None)),
+                  "missing_since": p.pick((None, 1.5, "x"))}
+    for key in list(entry):
+        if p.chance(6):
+            del entry[key]
+    body: Any = {"directory": "/run/criproxy-runtimes", "problem": "", "time": 1.0,
+                 "runtimes": p.pick(([entry], [entry, entry], [], [3], ["x"], [[1]], {}, 5,
+                                     None, "abc")),
+                 "refused": []}
+    if p.chance(6):
+        body = p.pick(([body], "text", 1, None))
+    encoded = json.dumps(body).encode()
+    return builder.flip(p, encoded) if p.chance(3) else encoded
+
+
 def test_one_input(data: bytes) -> None:
     p = Provider(data)
-    mode = p.byte() % 4
+    mode = p.byte() % 6
     if mode in (RECORD_RAW, RECORD_BUILT):
         check_record_file(p.rest() if mode == RECORD_RAW else record_file(p))
-    else:
+    elif mode in (SETTINGS_RAW, SETTINGS_BUILT):
         check_settings_file(p.rest() if mode == SETTINGS_RAW else settings_file(p))
+    else:
+        check_published_file(p.rest() if mode == PUBLISHED_RAW else published_file(p))
+
+
+def check_published_file(content: bytes) -> None:
+    """The registrar's registered.json, read by the front at start: registrations
+    or a ConfigError."""
+    rundir = Path(harness.clean_rundir())
+    (rundir / registrations.PUBLISHED).write_bytes(content)
+    try:
+        found = registrations.published_registrations(rundir)
+    except ConfigError:
+        return
+    except (AttributeError, TypeError):
+        if "published" in KNOWN:
+            return  # registrations.published_registrations: fuzz/pending/files/
+        raise
+    for name, registration in found.items():
+        well_formed = isinstance(name, str) and isinstance(registration.socket, str) and \
+            bool(name) and "__" not in name and name.replace(".", "").replace("-", "") \
+            .replace("_", "").isalnum() and name.isascii()
+        if not well_formed and "published" in KNOWN:
+            return
+        assert well_formed, f"a published registration criproxy would not accept: {registration}"
 
 
 def check_record_file(content: bytes) -> None:
