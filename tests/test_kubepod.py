@@ -78,3 +78,10 @@ def test_an_upgrade_changes_the_image_and_the_revision(pod: KubePod) -> None:
     assert upgraded.container_config().image.image == "docker.io/criproxy/nested-containerd:2"
     assert upgraded.revision() != pod.revision()
     assert upgraded.uid != pod.uid
+
+
+def test_the_runtimeclass_names_the_registered_handler(pod: KubePod) -> None:
+    import yaml
+    rc = yaml.safe_load((MANIFEST.parent / "runtimeclass.yaml").read_text())
+    assert rc["kind"] == "RuntimeClass" and rc["handler"] == pod.manifest_env()["RUNTIME_HANDLER"]
+    assert rc["scheduling"]["nodeSelector"] == pod.spec["nodeSelector"]
