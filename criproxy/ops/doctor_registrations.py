@@ -24,7 +24,7 @@ def check_registrations(config: Config) -> tuple[list[Finding], list[Registratio
     directory = Path(config.runtimes_dir)
     if not directory.exists():
         return [Finding(OK, f"runtimes dir {directory} does not exist yet; criproxy "
-                            "creates it (mode 0755)")], []
+                            "creates it, writable by root alone")], []
     found = registrations.scan(directory, *registrations.taken(config))
     if found.problem:
         return [Finding(FAIL, found.problem,

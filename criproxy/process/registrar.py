@@ -118,9 +118,13 @@ class Registrar(EventPlugin):
             self._dispatcher = None
 
     def _on_tick(self, _event: Any) -> None:
+        """Only a runtime that may leave, a program still stopping, or a watch to
+        make again needs a look; every other change comes as an inotify event."""
         if self._dispatcher is None:
             self.watch()
-        self.look()
+            self.look()
+        elif self._leaving or any(r.missing_since is not None for r in self.known.values()):
+            self.look()
 
     # --- deciding -------------------------------------------------------------
 
