@@ -187,8 +187,13 @@ def files() -> dict[str, bytes]:
             containers=model.containers.values()).SerializeToString(deterministic=True), now]}},
         use_bin_type=True)
     settings = json.dumps({**to_values(harness.config(0)), "rundir": "/run/criproxy"}).encode()
+    published = json.dumps({"directory": "/run/criproxy-runtimes", "problem": "", "time": 1.0,
+                            "runtimes": [{"name": "gpu", "socket": "/run/criproxy-runtimes/gpu.sock",
+                                          "handlers": {"nvidia": "nvidia"},
+                                          "missing_since": None}], "refused": []}).encode()
     return {"record": b"\x00" + record, "record-built": b"\x01" + bytes(64),
-            "settings": b"\x02" + settings, "settings-built": b"\x03" + bytes(32)}
+            "settings": b"\x02" + settings, "settings-built": b"\x03" + bytes(32),
+            "published": b"\x04" + published, "published-built": b"\x05" + bytes(16)}
 
 
 def flags() -> dict[str, bytes]:
@@ -197,6 +202,7 @@ def flags() -> dict[str, bytes]:
         "connect-unix": b"\x00\x07unix:///run/containerd/containerd.sock,alt:unix:///run/alt.sock",
         "handlers": b"\x01\x07kata=vm.cloud:kata-qemu,gvisor=alt,runc=",
         "config": b"\x02" + bytes(40),
+        "registrations": b"\x03\x03" + bytes([1, 0, 0, 1, 0, 1, 1, 2, 0, 0, 1, 1, 1, 1]),
     }
 
 

@@ -9,19 +9,30 @@ text. Invariants:
   connect_string / handlers_string / to_values give strings that parse to the
   same runtimes, routes and Config (the settings file's round trip);
 - every runtime name accepted is one ROUTING.md allows, and distinct; every
-  duration accepted is a finite number of seconds above 0.
+  duration accepted is a finite number of seconds above 0;
+- a -runtimesDir the input fills (names, sockets, symlinks, files, NAME.json)
+  scans (registrations.scan) to registrations with valid, untaken names and
+  handlers, never an exception.
 
-Input: which function, then the builder's bytes (or raw text).
+Input: which check, then the builder's bytes (or raw text).
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import re
+import shutil
+import socket
 import sys
+import tempfile
+from pathlib import Path
 
+from criproxy import registrations
 from criproxy.settings import (SETTINGS, ConfigError, config_from_values, connect_string,
-                               handlers_string, parse_connect, parse_handlers, to_values)
+                               handlers_string, parse_connect, parse_handlers, to_values,
+                               validate_runtime_name)
+from fuzz import harness
 from fuzz.provider import Provider
 
 PIECES = ("/run/containerd/containerd.sock", "unix://", "unix:///run/x.sock", "alt", "vm.cloud",
@@ -51,13 +62,64 @@ def values(p: Provider) -> dict[str, object]:
 
 def test_one_input(data: bytes) -> None:
     p = Provider(data)
-    which = p.byte() % 3
+    which = p.byte() % 4
     if which == 0:
         check_connect(text(p) if p.int_in(0, 7) else p.rest().decode("latin-1"))
     elif which == 1:
         check_handlers(text(p) if p.int_in(0, 7) else p.rest().decode("latin-1"))
-    else:
+    elif which == 2:
         check_config(values(p))
+    else:
+        check_registrations(p)
+
+
+# One real unix socket for registrations to point at (made once: no socket per input).
+_sockdir = tempfile.mkdtemp(prefix="criproxy-fuzz-sock-")
+atexit.register(shutil.rmtree, _sockdir, ignore_errors=True)
+_SOCKET = os.path.join(_sockdir, "runtime.sock")
+_listener = socket.socket(socket.AF_UNIX)
+_listener.bind(_SOCKET)
+EXTRAS = (b'{"runtimeHandlers": {"kata": "kata-qemu"}}', b'{"runtimeHandlers": {"gvisor": "runsc"}}',
+          b'{"runtimeHandlers": {}}', b'{}', b'[]', b'{"runtimeHandlers": {"": "x"}}',
+          b'{"runtimeHandlers": {"kata": 1}}', b'{"other": 1}', b'\xff', b'{', b'null',
+          b'{"runtimeHandlers": {"runc": "runc"}}', b" " * 70000)
+
+
+def check_registrations(p: Provider) -> None:
+    """A -runtimesDir built by the input (names, sockets, symlinks, files, NAME.json)
+    through registrations.scan: a Scan, never an exception; what it registers is
+    what criproxy may take."""
+    directory = Path(tempfile.mkdtemp(prefix="criproxy-fuzz-rt-", dir=harness.clean_rundir()))
+    os.chmod(directory, 0o755)
+    for _ in range(p.int_in(0, 4)):
+        name = p.pick(("alt", "vm.cloud", "primary", "", "a__b", "x_", "é", "a" * 300, "kata",
+                       ".", "-")) if p.int_in(0, 3) else p.text(12).replace("/", "").replace("\x00", "")
+        path = directory / (name + ".sock")
+        kind = p.int_in(0, 4)
+        try:
+            if kind == 0:
+                path.symlink_to(_SOCKET)
+            elif kind == 1:
+                path.symlink_to(directory / "gone.sock")
+            elif kind == 2:
+                path.write_bytes(b"")
+            elif kind == 3:
+                path.mkdir()
+            else:
+                path.symlink_to(path)
+            if p.bool():
+                (directory / (name + ".json")).write_bytes(p.pick(EXTRAS))
+        except OSError:
+            continue  # a name the file system refuses (too long, exists)
+    taken_names = {"", "primary", "alt"} if p.bool() else {"", "primary"}
+    taken_handlers = {"runc"} if p.bool() else set()
+    found = registrations.scan(directory, taken_names, taken_handlers)
+    handlers: list[str] = []
+    for name, registration in found.registered.items():
+        validate_runtime_name("registration", name)
+        assert name not in taken_names, name
+        handlers += [route.handler for route in registration.handlers]
+    assert len(handlers) == len(set(handlers)) and not set(handlers) & taken_handlers, handlers
 
 
 def check_connect(value: str) -> None:
