@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 
 from cri_api.v1 import api_pb2 as v1
+from cri_api.v1alpha2 import api_pb2 as old_api
 from google.protobuf.message import DecodeError
 
 from criproxy.front.routing import METHODS, Rule
@@ -42,10 +43,14 @@ def header(setup: int, states: int, path: str, mode: int, prelist: bool = False,
                   mode | (prelist << 4) | (then << 5)])
 
 
-def _request(p: Provider, method, mode: int) -> bytes:  # type: ignore[no-untyped-def]
+def _request(p: Provider, method, mode: int, v1alpha2: bool = False) -> bytes:  # type: ignore[no-untyped-def]
+    """A request: raw, or built from the descriptor of its CRI version's message
+    (v1alpha2's are a wire-compatible subset of v1's)."""
     if mode == RAW:
         return p.rest()
-    raw = builder.encode(p, builder.build(p, method.request))
+    message_class = getattr(old_api, method.request.__name__, method.request) if v1alpha2 \
+        else method.request
+    raw = builder.encode(p, builder.build(p, message_class))
     return builder.flip(p, raw) if mode == BUILT_DAMAGED else raw
 
 
@@ -53,17 +58,18 @@ def test_one_input(data: bytes) -> None:
     p = Provider(data)
     cfg = harness.config(p.byte())
     states = p.byte()
-    method = METHODS[harness.METHOD_PATHS[p.byte() % len(harness.METHOD_PATHS)]]
+    path = harness.METHOD_PATHS[p.byte() % len(harness.METHOD_PATHS)]
+    method, older = METHODS[path], "v1alpha2" in path
     flags = p.byte()
     mode, prelist, then = flags % 3, bool(flags & 0x10), bool(flags & 0x20)
     calls = []
     if then:  # a second call after the first: a raw first one comes with its length
         second = METHODS[harness.UNARY_PATHS[p.byte() % len(harness.UNARY_PATHS)]]
-        first = p.take(p.int_in(0, 0xFFFF)) if mode == RAW else _request(p, method, mode)
+        first = p.take(p.int_in(0, 0xFFFF)) if mode == RAW else _request(p, method, mode, older)
         calls.append((method, first))
         calls.append((second, _request(p, second, mode)))
     else:
-        calls.append((method, _request(p, method, mode)))
+        calls.append((method, _request(p, method, mode, older)))
     if any(m.route.rule == Rule.STREAM_MERGE for m, _ in calls):
         states &= ~1  # the primary's stream ends the merged one (harness.FakeLink)
     # With `prelist`, every runtime answers both Lists first (the record then holds
