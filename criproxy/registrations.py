@@ -194,6 +194,8 @@ def read_published(rundir: Path) -> dict[str, Any]:
         return {"runtimes": [], "refused": [], "problem": "", "directory": ""}
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read {rundir / PUBLISHED}: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runtimes", []), list):
+        raise ConfigError(f"{rundir / PUBLISHED}: want an object with a list of runtimes")
     return data
 
 
@@ -202,10 +204,19 @@ def published_registrations(rundir: Path) -> dict[str, Registration]:
     found = {}
     for item in read_published(rundir).get("runtimes", []):
         try:
-            handlers = parse_extra(PUBLISHED, {"runtimeHandlers": item["handlers"]},
-                                   item["name"])
-            found[item["name"]] = Registration(item["name"], item["socket"], handlers,
-                                               item.get("missing_since"))
+            registration = _published_entry(item)
         except (KeyError, TypeError, ConfigError) as err:
             raise ConfigError(f"{rundir / PUBLISHED}: a bad entry {item!r}: {err}") from None
+        found[registration.name] = registration
     return found
+
+
+def _published_entry(item: Any) -> Registration:
+    name, socket, gone = item["name"], item["socket"], item.get("missing_since")
+    if not isinstance(name, str) or not isinstance(socket, str) or not socket:
+        raise ConfigError("want a name and a socket path")
+    validate_runtime_name(PUBLISHED, name)
+    if gone is not None and not isinstance(gone, (int, float)):
+        raise ConfigError("missing_since is not a time")
+    handlers = parse_extra(PUBLISHED, {"runtimeHandlers": item["handlers"]}, name)
+    return Registration(name, socket, handlers, gone)

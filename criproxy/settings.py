@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -52,7 +53,7 @@ class Runtime:
 
 def _socket_path(entry: str, raw: str) -> str:
     path = raw[len("unix://"):] if raw.startswith("unix://") else raw
-    if not path:
+    if not path.strip():
         raise ConfigError(f"-connect entry {entry!r}: socket path is empty")
     return path
 
@@ -129,7 +130,12 @@ def handlers_string(routes: tuple[HandlerRoute, ...]) -> str:
 
 
 def connect_string(runtimes: tuple[Runtime, ...]) -> str:
-    return ",".join(r.socket if r.is_primary else f"{r.name}:{r.socket}" for r in runtimes)
+    """The inverse of parse_connect: a socket holding ':' is written as unix://PATH,
+    or it would read back as name:socket (or lose a unix:// of its own)."""
+    def written(socket: str) -> str:
+        return "unix://" + socket if ":" in socket else socket
+    return ",".join(written(r.socket) if r.is_primary else f"{r.name}:{written(r.socket)}"
+                    for r in runtimes)
 
 
 def _verbosity(value: str) -> int:
@@ -141,8 +147,8 @@ def _verbosity(value: str) -> int:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
-        raise ValueError("must be > 0")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a finite number > 0")
     return number
 
 
@@ -187,10 +193,9 @@ def _metrics_address(value: str) -> str:
         return ""
     if value.startswith("unix:"):
         path = value[len("unix:"):]
-        path = path[2:] if path.startswith("//") else path
         if not path.startswith("/"):
             raise ValueError("a unix socket needs an absolute path: unix:/path")
-        return "unix:" + path
+        return "unix:/" + path.lstrip("/")  # unix://path and unix:/path alike
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise ValueError("must be host:port, unix:/path or off")
@@ -380,6 +385,8 @@ def load_settings_file(path: str) -> Config:
         values = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read settings file {path}: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"settings file {path} holds no settings: want a JSON object")
     return config_from_values(values)
 
 

@@ -132,8 +132,12 @@ def test_the_published_list_reads_back(tmp_path: Path) -> None:
     assert read_published(tmp_path)["directory"] == "/run/r"
 
 
-@pytest.mark.parametrize("body", ["", "{", '{"runtimes": [{"name": "x"}]}',
-                                  '{"runtimes": [{"name": "x", "socket": "/s", "handlers": 3}]}'])
+@pytest.mark.parametrize("body", [
+    "", "{", "[1]", '{"runtimes": 3}', '{"runtimes": [{"name": "x"}]}', '{"runtimes": [3]}',
+    '{"runtimes": [{"name": "x", "socket": "/s", "handlers": 3}]}',
+    '{"runtimes": [{"name": "a__b", "socket": "/s", "handlers": {}}]}',
+    '{"runtimes": [{"name": "x", "socket": 7, "handlers": {}}]}',
+    '{"runtimes": [{"name": "x", "socket": "/s", "handlers": {}, "missing_since": "now"}]}'])
 def test_a_damaged_published_list_is_a_clear_error(tmp_path: Path, body: str) -> None:
     (tmp_path / "registered.json").write_text(body)
     with pytest.raises(ConfigError, match="registered.json"):

@@ -104,3 +104,37 @@ def test_runtime_handlers() -> None:
     assert config_from_values(to_values(config)) == config
     with pytest.raises(ConfigError, match="no runtime named 'zz'"):
         config_from_args(["-connect", "/a", "-runtimeHandlers", "k=zz"])
+
+
+def test_connect_round_trips_through_the_settings_file() -> None:
+    """Found by fuzz/target_flags.py: what the settings file holds must read back."""
+    from criproxy.settings import connect_string, parse_connect
+    for value in ("unix:///run/containerd/a:b.sock", "unix://unix:///x.sock",
+                  "/p.sock,alt:unix://unix:///x.sock,vm:/v:w.sock"):
+        runtimes = parse_connect(value)
+        assert parse_connect(connect_string(runtimes)) == runtimes
+
+
+@pytest.mark.parametrize("flags,why", [
+    (["-connect", "unix:// "], "socket path is empty"),
+    (["-connect", "/a", "-startWait", "1e309"], "finite"),
+    (["-connect", "/a", "-listBudget", "nan"], "finite")])
+def test_blank_sockets_and_infinite_durations_are_refused(flags: list[str], why: str) -> None:
+    from criproxy.settings import ConfigError, config_from_args
+    with pytest.raises(ConfigError, match=why):
+        config_from_args(flags)
+
+
+def test_a_unix_address_reads_back_the_same() -> None:
+    from criproxy.settings import config_from_args, config_from_values, to_values
+    config = config_from_args(["-connect", "/a", "-otlpEndpoint", "unix://///run/x.sock"])
+    assert config.otlp_endpoint == "unix:/run/x.sock"
+    assert config_from_values(to_values(config)) == config
+
+
+@pytest.mark.parametrize("body", ["[1]", '"text"', "3"])
+def test_a_settings_file_that_is_not_an_object_is_a_config_error(tmp_path, body: str) -> None:
+    from criproxy.settings import ConfigError, load_settings_file
+    (tmp_path / "settings.json").write_text(body)
+    with pytest.raises(ConfigError, match="want a JSON object"):
+        load_settings_file(str(tmp_path / "settings.json"))

@@ -63,14 +63,12 @@ def parse(message_class: type[Message], raw: bytes) -> Message:
 
 
 class BadAnswer(CallError):
-    """A runtime answered bytes that do not decode. INTERNAL, as a gRPC client says
+    """A runtime answered what criproxy cannot read. INTERNAL, as a gRPC client says
     of an answer it cannot unmarshal: the runtime is at fault, never the caller."""
 
-    def __init__(self, label: str, method: Method, message_class: type[Message],
-                 err: Exception) -> None:
+    def __init__(self, label: str, method: Method, problem: str) -> None:
         super().__init__(grpc.StatusCode.INTERNAL,
-                         f"runtime {label} answered {method.name} with bytes that do not "
-                         f"decode as {message_class.DESCRIPTOR.full_name}: {err}")
+                         f"runtime {label} answered {method.name} with {problem}")
 
 
 class Dispatcher:
@@ -159,9 +157,10 @@ class Dispatcher:
             raise self._bad_answer(runtime, method, message_class, err) from None
 
     def _bad_answer(self, runtime: str, method: Method, message_class: type[Message],
-                    err: Exception) -> BadAnswer:
+                    err: Exception, problem: str = "bytes that do not decode as") -> BadAnswer:
         link = self.links[runtime]
-        bad = BadAnswer(link.label, method, message_class, err)
+        bad = BadAnswer(link.label, method,
+                        f"{problem} {message_class.DESCRIPTOR.full_name}: {err}")
         link.note_bad_answer(bad.message)
         return bad
 
@@ -192,7 +191,11 @@ class Dispatcher:
                                        else slim_class(method.response), answer)
         add_prefixes(response, runtime)
         if method.route.stream_url:
-            response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]
+            try:
+                response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]
+            except ValueError as err:
+                raise self._bad_answer(runtime, method, method.response, err,
+                                       "a streaming URL that does not parse, in") from None
         return response.SerializeToString()
 
     def _absolute_url(self, url: str) -> str:

@@ -25,6 +25,8 @@ from criproxy.wire.zmqloop import LoopSocket
 log = logging.getLogger("criproxy.front")
 
 _STREAM_QUEUE = 1024
+_FROM_WORKER = frozenset({protocol.PONG, protocol.REPLY, protocol.ERROR, protocol.ITEM,
+                          protocol.END})
 _BAD_ANSWER_LOG_EVERY = 60.0
 
 
@@ -248,6 +250,10 @@ class WorkerLink:
             message = protocol.unpack(frames[0])
         except protocol.ProtocolError as err:
             log.warning("runtime %s: dropping a malformed frame: %s", self.label, err)
+            return
+        if message["t"] not in _FROM_WORKER:
+            log.warning("runtime %s: dropping a %s frame: only the front sends those",
+                        self.label, message["t"])
             return
         self._last_seen = time.monotonic()
         self._on_message(message)
