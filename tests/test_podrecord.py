@@ -75,6 +75,15 @@ def test_no_answer_yet_means_no_last_answer(record: PodRecord) -> None:
     assert listed_containers(record) is None
 
 
+def test_a_runtime_that_never_answered_is_known_from_kubelets_changes(record: PodRecord) -> None:
+    """Found by the runtime-in-pod e2e: kubelet ran a pod on a runtime that went
+    down before it ever answered a List; left out, that pod looked gone."""
+    churn(record, 0, 3)
+    assert listed_pods(record) == ["s2"]
+    assert [c for c, _state in listed_containers(record) or []] == ["c2"]
+    assert record.snapshot("alt")["serving_last_answer"]
+
+
 def test_a_fresh_unfiltered_answer_is_served_with_the_request_filter(record: PodRecord) -> None:
     feed(record, [sandbox("s1", "u1"), sandbox("s2", "u2", cri.SANDBOX_NOTREADY)],
          [container("c1", "s1", "u1"), container("c2", "s2", "u2", cri.CONTAINER_EXITED)])
@@ -300,7 +309,7 @@ def test_without_any_answer_the_journal_keeps_its_newest_half(record: PodRecord,
     monkeypatch.setattr(podrecord, "MAX_CHANGES", 20)
     churn(record, 0, 30)
     assert journal_length(record) <= 20
-    assert listed_pods(record) is None  # no answer of its own: still no last answer
+    assert listed_pods(record) == ["s29"]  # from kubelet's changes: no answer of its own
     assert record.pod_runtime(lambda pod: pod.metadata.uid == "u29") == "alt"  # image routing
     feed(record, [sandbox("s29", "u29")], [container("c29", "s29", "u29")])
     assert listed_pods(record) == ["s29"]

@@ -225,3 +225,15 @@ def test_a_criproxy_restart_finds_the_registered_runtimes(node: Cluster) -> None
     assert pod in listed(kubelet)  # from its first call: the record file, or the runtime
     proxy.wait_state("vm.cloud", "up")
     kubelet.rt.PodSandboxStatus(cri.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=5)
+
+
+def test_a_new_runtime_down_before_its_first_list_keeps_its_pods_listed(node: Cluster) -> None:
+    """Found by the runtime-in-pod e2e: a pod run on a runtime that then went down
+    before criproxy ever had a List answer from it was missing from relists."""
+    kubelet = Kubelet(node)
+    vm = register(node, "vm.cloud")
+    pod = routed(kubelet, "vm.cloud")
+    vm.stop()
+    node.proxy.wait_state("vm.cloud", "down")
+    assert pod in listed(kubelet)
+    assert "changes made through criproxy" in node.proxy.log()

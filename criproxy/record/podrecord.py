@@ -75,6 +75,9 @@ class RuntimeRecord:
         self.serving_last: set[str] = set()
         self.left_out: set[str] = set()
         self._view: View | None = None
+        # When kubelet's first change through criproxy came: a runtime that never
+        # answered a List is known from its changes alone, as of then.
+        self.first_change_at: float | None = None
 
     def fresh(self, method: str, raw: bytes, sent_seq: int) -> bool:
         """Keep a fresh answer to a List sent at `sent_seq`; False if nothing new."""
@@ -89,6 +92,8 @@ class RuntimeRecord:
         return True
 
     def change(self, change: Change) -> None:
+        if self.first_change_at is None:
+            self.first_change_at = time.time()
         self.seq += 1
         self.changes.append((self.seq, change))
         self._view = None
@@ -205,17 +210,18 @@ class PodRecord:
         record = self.runtimes[runtime]
         if method not in LISTS:
             return None
-        if method not in record.answers:
+        taken, source = _last_known(record, method)
+        if taken is None:
             self._note_left_out(record, method, "has no last answer")
             return None
-        age = time.time() - record.answers[method].taken
+        age = time.time() - taken
         if age > self.config.stale_for:
-            self._note_left_out(record, method, f"its last answer is {age:.0f}s old, "
+            self._note_left_out(record, method, f"its {source} is {age:.0f}s old, "
                                 f"more than -staleFor {self.config.stale_for:g}s")
             return None
         if method not in record.serving_last:
-            log.warning("runtime %s cannot answer %s; answering from its last answer "
-                        "(%.1fs old) until it does", record.runtime.label, method, age)
+            log.warning("runtime %s cannot answer %s; answering from its %s (%.1fs old) "
+                        "until it does", record.runtime.label, method, source, age)
             record.serving_last.add(method)
         return _selected(record.view(), method, request)
 
@@ -288,6 +294,17 @@ def _decodes(method: str, raw: bytes) -> bool:
         return True
     except DecodeError:
         return False
+
+
+def _last_known(record: RuntimeRecord, method: str) -> tuple[float | None, str]:
+    """Since when the record knows the runtime's answer to `method`, and from what.
+    A runtime that never answered it, but on which kubelet made pods through
+    criproxy, is known from those changes: left out, its pods would look gone."""
+    if method in record.answers:
+        return record.answers[method].taken, "last answer"
+    if record.changes and record.first_change_at is not None:
+        return record.first_change_at, "changes made through criproxy (it never answered)"
+    return None, ""
 
 
 def _selected(view: View, method: str, request: Message) -> bytes:
