@@ -263,7 +263,12 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a call to a runtime whose worker has not reported since criproxy "
             "started waits for it (within the call's deadline) instead of failing"),
     Setting("heartbeat", "-heartbeat", 0.5, _positive_float,
-            "seconds between front-to-worker heartbeats"),
+            "seconds between front-to-worker heartbeats while calls to the worker are in "
+            "flight, or while it has not answered since it (re)connected"),
+    Setting("idle_probe", "-idleProbe", 30.0, _positive_float,
+            "seconds between heartbeats to a worker with no call in flight (a worker "
+            "reports its runtime's changes itself; this only finds a worker that hung "
+            "while idle)"),
     Setting("worker_timeout", "-workerTimeout", 3.0, _positive_float,
             "seconds of worker silence after which its runtime counts as down (a worker that "
             "exits is noticed at once; this catches a hung one, so allow for a loaded node)"),
@@ -296,6 +301,7 @@ class Config:
     stale_for: float
     start_wait: float
     heartbeat: float
+    idle_probe: float
     worker_timeout: float
     drain: float
     socket_group: str

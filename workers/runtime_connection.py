@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 import grpc.aio
@@ -62,6 +62,8 @@ class RuntimeConnection:
         self.since = time.monotonic()
         self._channel = grpc.aio.insecure_channel(runtime.address, options=_CHANNEL_OPTIONS)
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        # Called after every state change (the worker tells the front at once).
+        self.on_change: Callable[[], None] | None = None
 
     def _transition(self, state: RuntimeState, reason: str) -> None:
         if state == self.state and reason == self.reason:
@@ -69,6 +71,8 @@ class RuntimeConnection:
         log.info("runtime %s (%s): %s -> %s: %s", self.runtime.label, self.runtime.address,
                  self.state.value, state.value, reason)
         self.state, self.reason, self.since = state, reason, time.monotonic()
+        if self.on_change is not None:
+            self.on_change()
 
     async def watch(self) -> None:
         """Follow the channel's connectivity forever, keeping it connected."""

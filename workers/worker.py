@@ -24,6 +24,10 @@ from workers.runtime_connection import CallFailed, RuntimeConnection
 
 log = logging.getLogger("criproxy.worker")
 
+# Fronts remembered to be told of state changes; one runs at a time, a restarted
+# one is a new peer.
+_PEERS_KEPT = 4
+
 
 class Worker:
     def __init__(self, config: Config, runtime: Runtime) -> None:
@@ -39,6 +43,9 @@ class Worker:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._link: LoopSocket | None = None
+        # The fronts heard from (a front's restart makes a new peer), newest last:
+        # told of every change of the runtime's state without being asked.
+        self._peers: dict[bytes, None] = {}
 
     def _bind(self) -> None:
         if os.path.exists(self.socket_path):
@@ -61,8 +68,9 @@ class Worker:
             loop.add_signal_handler(signum, self._stop.set)
         log.info("worker for runtime %s (%s) serving %s, incarnation %s", self.runtime.label,
                  self.runtime.address, self.endpoint, self.incarnation)
-        watcher = asyncio.create_task(self.connection.watch())
         self._link = LoopSocket(self._sock, self._on_frames)
+        self.connection.on_change = self._tell_fronts
+        watcher = asyncio.create_task(self.connection.watch())
         await self._stop.wait()
         log.info("worker for runtime %s stopping", self.runtime.label)
         self._link.close()
@@ -81,6 +89,10 @@ class Worker:
             log.warning("dropping a message of %d frames (want 2)", len(frames))
             return
         peer, frame = frames
+        if peer not in self._peers:
+            self._peers[peer] = None
+            while len(self._peers) > _PEERS_KEPT:
+                del self._peers[next(iter(self._peers))]
         try:
             message = protocol.unpack(frame)
         except protocol.ProtocolError as err:
@@ -111,6 +123,15 @@ class Worker:
         task = asyncio.create_task(run(peer, message))
         self._tasks[key] = task
         task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    def _tell_fronts(self) -> None:
+        """The runtime's state changed: an unasked pong to every front heard from,
+        so that the front need not ask all the time (a gone peer's is dropped)."""
+        if self._link is None or self._link.sock.closed:
+            return
+        pong = self._pong()
+        for peer in list(self._peers):
+            self._send(peer, pong)
 
     def _pong(self) -> dict[str, Any]:
         conn = self.connection

@@ -27,6 +27,10 @@ log = logging.getLogger("criproxy.front")
 _STREAM_QUEUE = 1024
 _FROM_WORKER = frozenset({protocol.PONG, protocol.REPLY, protocol.ERROR, protocol.ITEM,
                           protocol.END})
+# A (re)made connection to a worker: ping it at once (libzmq 4.3 reports the
+# handshake; older ones only the connection).
+_CONNECTED = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_CONNECTED)
+_PING = [protocol.pack({"t": protocol.PING})]
 _BAD_ANSWER_LOG_EVERY = 60.0
 
 
@@ -103,6 +107,13 @@ class WorkerLink:
         self.last_bad_answer = ""
         self._bad_answer_logged = 0.0
         self._last_seen = 0.0
+        # When the oldest ping or call the worker has not answered since it was last
+        # heard from was sent; None: nothing owed. Any frame from it clears it.
+        self._owed_since: float | None = None
+        # Heard from the worker since its connection was (re)made or it was lost.
+        self._answering = False
+        self._probe_wake = asyncio.Event()
+        self._probe_idle = False  # the probe loop sleeps -idleProbe: wake it on a call
         self._pending: dict[int, _Pending] = {}
         self._sock = ctx.socket(zmq.DEALER)
         self._link: LoopSocket | None = None
@@ -131,12 +142,12 @@ class WorkerLink:
         self._sock.setsockopt(zmq.RCVHWM, 100_000)
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | _CONNECTED)
         self._monitor = LoopSocket(monitor, self._on_monitor_event)
         self._sock.connect(self.config.worker_endpoint(self.runtime))
         self._link = LoopSocket(self._sock, self._on_frames)
         self._started_at = time.monotonic()
-        self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        self._heartbeat = asyncio.create_task(self._probe_loop())
 
     async def close(self) -> None:
         assert self._heartbeat is not None and self._link and self._monitor
@@ -169,6 +180,8 @@ class WorkerLink:
             self.on_state_change(self)
 
     def _worker_lost(self, reason: str) -> None:
+        self._answering = False
+        self._owed_since = None
         self._transition(RuntimeState.DOWN, reason)
         self._fail_pending(reason)
 
@@ -225,23 +238,71 @@ class WorkerLink:
 
     # --- loops ---------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        ping = [protocol.pack({"t": protocol.PING})]
-        assert self._link is not None
+    async def _probe_loop(self) -> None:
+        """Heartbeats only where nothing else proves the worker alive.
+
+        A worker that exits is noticed at once (the monitor), and a worker reports
+        its runtime's changes itself (an unasked pong), so an idle link costs one
+        ping per -idleProbe. While calls are in flight, or until the worker has
+        answered since it (re)connected, it is pinged every -heartbeat: a worker
+        that owes an answer for -workerTimeout is lost. Pings are answered by the
+        worker's loop, never behind a runtime call: a hung runtime never makes its
+        worker look hung."""
+        loop = asyncio.get_running_loop()
+        pinged_at = -1e9
         while True:
+            self._judge()
+            busy = self._calls_waiting() or not self._answering
+            interval = self.config.heartbeat if busy else self.config.idle_probe
+            now = time.monotonic()
+            if now >= pinged_at + interval - 0.001:
+                pinged_at = now
+                if self._ping() and not busy:
+                    # Judge the idle ping's answer in time, not at the next probe.
+                    loop.call_later(self.config.worker_timeout + 0.05, self._judge)
+            self._probe_idle = not busy
             try:
-                self._link.send(ping)
-            except zmq.Again:
-                pass  # not connected: the liveness check below notices
-            silent = time.monotonic() - self._last_seen
-            if self._last_seen and silent > self.config.worker_timeout and \
-                    self.state != RuntimeState.DOWN:
-                self._worker_lost(f"worker silent for {silent:.1f}s")
-            await asyncio.sleep(self.config.heartbeat)
+                await asyncio.wait_for(self._probe_wake.wait(),
+                                       max(0.001, pinged_at + interval - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            self._probe_wake.clear()
+            self._probe_idle = False
+
+    def _ping(self) -> bool:
+        assert self._link is not None
+        try:
+            self._link.send(_PING)
+        except zmq.Again:
+            return False  # not connected: the monitor says when it is
+        if self._owed_since is None:
+            self._owed_since = time.monotonic()
+        return True
+
+    def _calls_waiting(self) -> bool:
+        """Unary calls in flight (a stream may wait for events for hours)."""
+        return any(pending.items is None for pending in self._pending.values())
+
+    def _judge(self) -> None:
+        owed = self._owed_since
+        if owed is None or self.state == RuntimeState.DOWN:
+            return
+        silent = time.monotonic() - owed
+        if silent > self.config.worker_timeout:
+            self._worker_lost(f"worker silent for {silent:.1f}s")
+
+    def _wake_probe(self) -> None:
+        self._probe_idle = False
+        self._probe_wake.set()
 
     def _on_monitor_event(self, frames: list[bytes]) -> None:
-        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+        event = parse_monitor_message(frames)["event"]
+        if event == zmq.EVENT_DISCONNECTED:
             self._worker_lost("worker disconnected (exited or restarting)")
+        elif event & _CONNECTED:
+            self._answering = False
+            self._owed_since = None
+            self._wake_probe()  # ping the (new) worker now, not at the next heartbeat
 
     def _on_frames(self, frames: list[bytes]) -> None:
         try:
@@ -256,6 +317,7 @@ class WorkerLink:
                         self.label, message["t"])
             return
         self._last_seen = time.monotonic()
+        self._owed_since = None
         self._on_message(message)
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -289,6 +351,7 @@ class WorkerLink:
                 f"runtime {self.label}: stream reader too slow, {_STREAM_QUEUE} events queued"))
 
     def _on_pong(self, message: dict[str, Any]) -> None:
+        self._answering = True
         if message["inc"] != self.incarnation:
             self._on_new_incarnation(message)
         self.cri_version = message.get("v", "")
@@ -324,6 +387,11 @@ class WorkerLink:
                             f"runtime {self.label}: worker not connected") from None
         pending = _Pending(stream)
         self._pending[request_id] = pending
+        if not stream:  # a stream's answer may be hours away: it proves nothing
+            if self._owed_since is None:
+                self._owed_since = pending.sent_at
+            if self._probe_idle:
+                self._wake_probe()  # heartbeats while the call is in flight
         return request_id, pending
 
     def _cancel(self, request_id: int) -> None:
