@@ -28,6 +28,7 @@ from criproxy.front.registered import Registered
 from criproxy.front.routing import METHODS, Method, Rule
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics, spans
+from criproxy.ops import status as status_file
 from criproxy.process import readiness
 from criproxy.process.instance import refuse_live_socket
 from criproxy.record import podrecord
@@ -55,9 +56,12 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class RoutingHandler(grpc.GenericRpcHandler):
     """Serves every method of the routing table with raw (undecoded) bytes."""
 
-    def __init__(self, dispatcher: Dispatcher, tracer: tracecontext.Tracer | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, tracer: tracecontext.Tracer | None = None,
+                 activity: asyncio.Event | None = None) -> None:
         self.dispatcher = dispatcher
         self.tracer = tracer
+        # Set by every call: the status writer sleeps on it while nothing happens.
+        self.activity = activity or asyncio.Event()
         # Built once: grpc asks for a handler on every call.
         self._handlers = {path: self._handler(method) for path, method in METHODS.items()}
 
@@ -82,6 +86,8 @@ class RoutingHandler(grpc.GenericRpcHandler):
         code = grpc.StatusCode.UNKNOWN  # what grpc answers for an unexpected exception
         failure: CallError | None = None
         metrics.request_started()
+        if not self.activity.is_set():
+            self.activity.set()
         try:
             answer = await self.dispatcher.unary(method, raw, context.time_remaining())
             code = grpc.StatusCode.OK
@@ -108,6 +114,8 @@ class RoutingHandler(grpc.GenericRpcHandler):
         if logs.enabled(method.route.log_level):
             log.info("%s: subscriber joined", method.name)
         metrics.subscriber_joined()
+        if not self.activity.is_set():
+            self.activity.set()
         outcome = (grpc.StatusCode.CANCELLED, "the subscriber went away")
         try:
             async for item in self.dispatcher.stream_merge(method, raw):
@@ -189,7 +197,10 @@ class Front:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.tracer = spans.load_tracer(config.otlp_endpoint, "front")
         self.dispatcher = Dispatcher(config, self.links)
-        self.server.add_generic_rpc_handlers([RoutingHandler(self.dispatcher, self.tracer)])
+        # Something `criproxy status` shows changed: a call, a runtime's state, a link.
+        self._status_changed = asyncio.Event()
+        self.server.add_generic_rpc_handlers(
+            [RoutingHandler(self.dispatcher, self.tracer, self._status_changed)])
         self._health_changed = asyncio.Event()
         metrics.watch_links(self.links.values())
         for link in self.links.values():
@@ -201,8 +212,12 @@ class Front:
         self._stop = asyncio.Event()
 
     def _watch_link(self, link: WorkerLink) -> None:
-        link.on_state_change = lambda _link: self._health_changed.set()
+        link.on_state_change = self._on_state_change
         metrics.declare_runtime(link.label, sorted(_FAN_OUTS), podrecord.LISTS)
+
+    def _on_state_change(self, _link: WorkerLink) -> None:
+        self._health_changed.set()
+        self._status_changed.set()
 
     def join(self, registration: Registration) -> None:
         """A registered runtime joins: its link, routed to from now on."""
@@ -211,7 +226,7 @@ class Front:
         self.dispatcher.add_runtime(link, registration.handlers)
         if self._started:
             link.start()
-        self._health_changed.set()
+        self._on_state_change(link)
 
     def set_handlers(self, registration: Registration) -> None:
         self.dispatcher.set_handlers(registration.name, registration.handlers)
@@ -220,6 +235,7 @@ class Front:
         link = self.dispatcher.remove_runtime(name)
         await self.health.set(HEALTH_PREFIX + link.label, _NOT_SERVING)
         await link.close()
+        self._status_changed.set()
 
     @classmethod
     async def serve(cls, config: Config) -> None:
@@ -246,6 +262,7 @@ class Front:
         _secure_socket(self.config)
         log.info("front serving %s for runtimes %s", self.config.listen,
                  ", ".join(f"{r.label}={r.socket}" for r in self.config.runtimes))
+        self.metrics.on_change = self._status_changed.set
         self.metrics.start()
         tasks = [asyncio.create_task(self._write_status_forever()),
                  asyncio.create_task(self._health_forever()),
@@ -308,17 +325,29 @@ class Front:
             await self.health.set(HEALTH_PREFIX + link.label, serving)
 
     async def _write_status_forever(self) -> None:
+        """At most once a second while anything changes (calls, whose rates it shows,
+        until those are back to zero; states); at least every status.REFRESH."""
         while True:
-            self.write_status()
-            await asyncio.sleep(1.0)
+            self._status_changed.clear()
+            wrote = time.monotonic()
+            if self.write_status():
+                try:
+                    await asyncio.wait_for(self._status_changed.wait(), status_file.REFRESH)
+                except asyncio.TimeoutError:
+                    pass
+            await asyncio.sleep(max(0.0, wrote + 1.0 - time.monotonic()))
 
-    def write_status(self) -> None:
-        """Publish runtime states for `criproxy status` (atomic replace)."""
+    def write_status(self) -> bool:
+        """Publish runtime states for `criproxy status` (atomic replace); True when
+        nothing is moving (no request in the rates' window, no call in flight)."""
+        rates = metrics.recent_rates()
         status = {"front_pid": os.getpid(), "listen": self.config.listen, "time": time.time(),
                   "runtimes": [{**link.snapshot(), **self.dispatcher.record.snapshot(name)}
                                for name, link in self.links.items()],
                   "metrics": self.metrics.bound or None, "metrics_error": self.metrics.error,
-                  "requests": metrics.recent_rates()}
+                  "requests": rates}
         tmp = self.config.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=1))
         tmp.replace(self.config.status_file)
+        return not any(r["rate"] or r["error_rate"] for r in rates.values()) and \
+            not any(r["in_flight"] for r in status["runtimes"])

@@ -27,6 +27,7 @@ import grpc
 from cri_api.v1 import api_pb2
 from criproxy.ops import doctor_registrations, doctor_systemd
 from criproxy.ops.findings import FAIL, OK, TIMEOUT, WARN, Finding, probe_socket
+from criproxy.ops.status import staleness
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, Config, Runtime, build_parser,
                                config_from_args, load_settings_file)
 
@@ -133,10 +134,11 @@ def check_rundir(config: Config) -> list[Finding]:
 def _running_front(config: Config) -> dict | None:
     try:
         status = json.loads(config.status_file.read_text())
-        os.kill(int(status["front_pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    return status if time.time() - status.get("time", 0) < 5 else None
+    if not isinstance(status, dict) or staleness(status, time.time()):
+        return None
+    return status
 
 
 def check_listen(config: Config, unit_explains: bool = False) -> list[Finding]:

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
@@ -324,6 +324,8 @@ class Endpoint:
         self._gid = group_id
         self._server: asyncio.AbstractServer | None = None
         self._task: asyncio.Task | None = None
+        # Called when `bound` or `error` changes (the front's status file shows them).
+        self.on_change: Callable[[], None] | None = None
 
     def start(self) -> None:
         if self.address:
@@ -334,13 +336,20 @@ class Endpoint:
             try:
                 await self._bind()
                 log.info("metrics served on http %s/metrics", self.bound)
+                self._changed()
                 return
             except OSError as err:
                 if not self.error:
                     log.error("cannot serve metrics on %s: %s; retrying every %.0fs",
                               self.address, err, self.RETRY)
-                self.error = str(err)
+                if self.error != str(err):
+                    self.error = str(err)
+                    self._changed()
             await asyncio.sleep(self.RETRY)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     async def _bind(self) -> None:
         if self.address.startswith("unix:"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,30 @@ from typing import Any
 from criproxy.registrations import read_published
 from criproxy.settings import ConfigError
 
-# The front rewrites its status file every second; older means it is not running.
-STALE_AFTER = 5.0
+# The front rewrites its status file within a second of a change (a call, a
+# runtime's state), and at least every REFRESH seconds while nothing happens.
+REFRESH = 30.0
+# Older than this, with the front's pid alive, means a front that hangs.
+STALE_AFTER = 2 * REFRESH + 5.0
 
 
 def read_status(rundir: str) -> dict[str, Any]:
     return json.loads((Path(rundir) / "status.json").read_text())
+
+
+def staleness(status: dict[str, Any], now: float) -> str:
+    """Why `status` is not a running front's, or "" when it is: its pid gone, or
+    older than STALE_AFTER (a front that stopped reporting)."""
+    try:
+        os.kill(int(status["front_pid"]), 0)
+    except PermissionError:
+        pass  # alive, another user's
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"the front (pid {status.get('front_pid')}) is not running"
+    age = now - status.get("time", 0)
+    if age > STALE_AFTER:
+        return f"the front has not reported for {age:.0f}s"
+    return ""
 
 
 def format_registrations(published: dict[str, Any], now: float) -> list[str]:
@@ -43,6 +62,7 @@ def format_status(status: dict[str, Any], now: float) -> str:
              f"{'RUNTIME':<16} {'STATE':<11} {'PID':>7} {'RESTARTS':>8} {'CRI':<4} "
              f"{'LISTS':<22} {'SOCKET':<36} LAST ERROR"]
     for r in status["runtimes"]:
+        r = {**r, "now": now, "status_time": status["time"]}  # ages grew since it was written
         lines.append(f"{r['label']:<16} {r['state']:<11} {str(r['worker_pid'] or '-'):>7} "
                      f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r):<22} "
                      f"{r['socket']:<36} {r['last_error'] or '-'}")
@@ -60,6 +80,8 @@ def format_status(status: dict[str, Any], now: float) -> str:
 def _lists(runtime: dict[str, Any]) -> str:
     """Where the runtime's part of List answers comes from now."""
     age = runtime.get("last_answer_age")
+    if age is not None and "now" in runtime:
+        age += runtime["now"] - runtime["status_time"]
     if runtime.get("lists_left_out"):
         return "left out"
     if runtime.get("serving_last_answer") and age is not None:
@@ -109,7 +131,8 @@ def main(argv: list[str]) -> int:
         print("\n".join(format_registrations(read_published(Path(args.rundir)), now)))
     except ConfigError as err:
         print(f"criproxy status: {err}")
-    if now - status["time"] > STALE_AFTER:
-        print(f"criproxy status: the front has not reported for {now - status['time']:.0f}s")
+    stale = staleness(status, now)
+    if stale:
+        print(f"criproxy status: {stale}")
         return 1
     return 0 if all(r["state"] == "up" for r in status["runtimes"]) else 1
