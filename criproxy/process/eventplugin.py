@@ -19,6 +19,11 @@ class EventPlugin:
     def __init__(self, subscriptions: list[tuple[type, Callable[[Any], None]]]) -> None:
         self._subscriptions = subscriptions
 
+    def needs_tick(self) -> bool:
+        """Whether it waits for a Tick5Event to act (supervisord then keeps its
+        one-second poll; see wakeup.py). A plugin that acts on ticks says when."""
+        return any(kind is events.Tick5Event for kind, _ in self._subscriptions)
+
     def _subscribe(self) -> None:
         for kind, callback in self._subscriptions:
             events.subscribe(kind, callback)
@@ -28,6 +33,10 @@ class EventPlugin:
         for kind, callback in self._subscriptions:
             if (kind, callback) in events.callbacks:
                 events.unsubscribe(kind, callback)
+
+
+def installed() -> list["EventPlugin"]:
+    return list(_installed.values())
 
 
 def install(name: str, plugin: EventPlugin) -> EventPlugin:

@@ -50,6 +50,9 @@ class Keeper(EventPlugin):
         self._log(f"{name} is FATAL; starting it again in {self._retry_after:g}s")
         self._due[name] = time.monotonic() + self._retry_after
 
+    def needs_tick(self) -> bool:
+        return bool(self._due)
+
     def _on_tick(self, _event: Any) -> None:
         now = time.monotonic()
         for name, due in list(self._due.items()):

@@ -109,6 +109,9 @@ class LogRelay(EventPlugin):
         writer = b"%s[%d]" % (key[0].encode(), event.pid)
         self.output.write(priority_line(line, event.channel, writer) for line in lines)
 
+    def needs_tick(self) -> bool:
+        return bool(self._partial)
+
     def _flush_partial(self, _event: Any = None) -> None:
         """A line left unfinished (its writer died mid-line) is written on the next tick."""
         for (name, channel), rest in list(self._partial.items()):

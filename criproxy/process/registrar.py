@@ -117,6 +117,11 @@ class Registrar(EventPlugin):
                 del asyncore.socket_map[fd]
             self._dispatcher = None
 
+    def needs_tick(self) -> bool:
+        """The same test as _on_tick's (see wakeup.py)."""
+        return self._dispatcher is None or bool(self._leaving) or \
+            any(r.missing_since is not None for r in self.known.values())
+
     def _on_tick(self, _event: Any) -> None:
         """Only a runtime that may leave, a program still stopping, or a watch to
         make again needs a look; every other change comes as an inotify event."""

@@ -10,6 +10,16 @@ and the pipe is one more dispatcher in supervisord's socket map, so the poll
 returns at once and supervisord's loop reaps, and acts on the signal. The
 same pipe starts the programs at once rather than after a first idle poll.
 The handlers themselves still only record the signal; nothing else changes.
+
+The same plugin lengthens that poll while nothing needs the clock: every
+program RUNNING, STOPPED or FATAL, supervisord not stopping, no supervisorctl
+connection open, and no plugin waiting for a tick (the keeper's retries, the
+registrar's leave checks, the log relay's unfinished lines: see
+`needs_tick()`). Then supervisord sleeps IDLE_POLL seconds between looks
+instead of one, so an idle criproxy does not wake it every second; a signal,
+a program's output or an inotify event still wakes it at once, and any
+program in a state that goes by the clock (STARTING, BACKOFF, STOPPING,
+EXITED) brings the one-second poll back.
 """
 from __future__ import annotations
 
@@ -17,7 +27,15 @@ import os
 import signal
 from typing import Any
 
+from supervisor.medusa import asynchat_25 as asynchat
 from supervisor.medusa import asyncore_25 as asyncore
+from supervisor.states import ProcessStates, SupervisorStates
+
+from criproxy.process import eventplugin
+
+# supervisord's poll timeout while nothing needs the clock (it is 1 s otherwise).
+IDLE_POLL = 30.0
+_STEADY = frozenset({ProcessStates.RUNNING, ProcessStates.STOPPED, ProcessStates.FATAL})
 
 
 class SignalWakeup:
@@ -51,6 +69,35 @@ class SignalWakeup:
 _active: SignalWakeup | None = None
 
 
+def settled(supervisord: Any) -> bool:
+    """Nothing in supervisord needs its loop before something happens."""
+    if supervisord.options.mood != SupervisorStates.RUNNING:
+        return False
+    for group in supervisord.process_groups.values():
+        if any(p.get_state() not in _STEADY for p in group.processes.values()):
+            return False
+    # A supervisorctl request in progress (a deferred answer is polled for).
+    if any(isinstance(d, asynchat.async_chat) for d in asyncore.socket_map.values()):
+        return False
+    return not any(getattr(plugin, "needs_tick", lambda: True)()
+                   for plugin in eventplugin.installed())
+
+
+def _lengthen_idle_polls(supervisord: Any) -> None:
+    poller = supervisord.options.poller
+    if getattr(poller, "criproxy_wrapped", False):
+        return
+    poll = poller.poll
+
+    def idle_aware_poll(timeout: float) -> Any:
+        if timeout >= 1 and settled(supervisord):
+            timeout = IDLE_POLL
+        return poll(timeout)
+
+    poller.poll = idle_aware_poll
+    poller.criproxy_wrapped = True
+
+
 def make_wakeup(supervisord: Any) -> object:
     """supervisord's rpcinterface factory; a reload replaces the previous pipe. The
     reload closed its fds already (supervisord closes every fd from 5 up), and their
@@ -60,4 +107,5 @@ def make_wakeup(supervisord: Any) -> object:
         del asyncore.socket_map[_active.read_fd]
     _active = SignalWakeup()
     asyncore.socket_map[_active.read_fd] = _active
+    _lengthen_idle_polls(supervisord)
     return object()
