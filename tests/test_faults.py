@@ -171,7 +171,8 @@ def test_hung_runtime_costs_others_nothing_and_its_calls_end_at_deadline(make_cl
     assert max(primary_times) < 1.0, primary_times
     assert vm_took < 1.0
     assert list_took < 2.5
-    assert {pods["primary"], pods["vm.cloud"]} <= listed and pods["alt"] not in listed
+    # alt never answered a List: its pod is listed from kubelet's changes.
+    assert {pods["primary"], pods["vm.cloud"], pods["alt"]} <= listed
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
     assert 1.8 < alt_took < 3.0
 

@@ -153,7 +153,8 @@ def test_a_slow_runtime_does_not_stall_a_list(flagged: Cluster) -> None:
 
     ids = [c.id for c in containers]
     assert pods["primary"][1] in ids and pods["alt"][1] in ids
-    assert "vm.cloud" not in {owner_of_id(i) for i in ids}
+    # It never answered a List: its container is known from kubelet's changes.
+    assert pods["vm.cloud"][1] in ids
     assert took < 4.5, f"the list waited {took:.1f}s for the slow runtime"
 
 
@@ -274,7 +275,7 @@ def _run_pod_when_back(kubelet: Kubelet, runtime: str, timeout: float = 20) -> s
             time.sleep(0.1)
 
 
-def test_a_stopped_runtime_is_left_out_and_used_again_once_restarted(
+def test_a_stopped_runtime_is_listed_from_the_record_and_used_again_once_restarted(
         private_cluster: Cluster) -> None:
     cluster = private_cluster
     kubelet = Kubelet(cluster)
@@ -301,8 +302,10 @@ def test_a_stopped_runtime_is_left_out_and_used_again_once_restarted(
     images = [i.repo_tags[0] for i in kubelet.img.ListImages(cri.ListImagesRequest(),
                                                              timeout=30).images]
     assert time.monotonic() - started < 3 * FAST, "lists do not wait for a down runtime"
-    assert sandboxes == [pods["primary"][0], pods["vm.cloud"][0]]
-    assert containers == [pods["primary"][1], pods["vm.cloud"][1]]
+    # alt never answered a List: its pod and container come from kubelet's changes;
+    # its images are not in the record, so they are left out.
+    assert sorted(sandboxes) == sorted(p[0] for p in pods.values())
+    assert sorted(containers) == sorted(p[1] for p in pods.values())
     assert images and all(not i.startswith("alt/") for i in images)
     cluster.proxy.wait_state("alt", "down")
     marks = Marks(cluster)
