@@ -1,8 +1,9 @@
-"""Carrying out the routing table's rules: pick runtimes, rewrite, forward, merge.
+"""Carrying out the routing table's rules: pick runtimes, rewrite, forward.
 
 Primary requests and answers that need no rewriting travel as the bytes
 kubelet sent and the runtime answered; only named runtimes' messages are
-decoded and re-encoded.
+decoded and re-encoded. Lists merged from every runtime: fanout.py; merged
+event streams: eventstream.py (both mixed into the Dispatcher).
 """
 from __future__ import annotations
 
@@ -11,22 +12,23 @@ import contextvars
 import copy
 import logging
 import socket
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlparse
 
 import grpc
 from cri_api.v1 import api_pb2 as v1
 from google.protobuf.message import DecodeError, Message
 
-from criproxy import logs
 from criproxy.front import imagepods
+from criproxy.front.callerrors import BadAnswer, check_version, parse
+from criproxy.front.eventstream import EventStreams
+from criproxy.front.fanout import ListFanOut
 from criproxy.front.naming import PRIMARY, Names
-from criproxy.front.rewrite import ForeignObject, add_prefixes, owners, strip_prefixes
+from criproxy.front.rewrite import ForeignObject, add_prefixes, strip_prefixes
 from criproxy.front.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Rule, field_value,
                                     target_runtime_annotation)
 from criproxy.front.slim import slim_class
 from criproxy.front.workerlink import CallError, WorkerLink
-from criproxy.ops import metrics
 from criproxy.record.podrecord import PodRecord
 from criproxy.settings import Config, HandlerRoute
 
@@ -35,14 +37,10 @@ log = logging.getLogger("criproxy.front")
 # Which runtimes served the current request, for its log line.
 routed_to: contextvars.ContextVar[list[str]] = contextvars.ContextVar("routed_to")
 
-_RESUBSCRIBE_DELAY = 1.0
-_EVENT_QUEUE = 1024
 # A pod an image call names but the record lacks is looked for in fresh
 # answers, unless the record's are this recent.
 _POD_LOOKUP_REFRESH = 1.0
 LIST_SANDBOXES = METHODS[RUNTIME_SERVICE + "ListPodSandbox"]
-# Share of the caller's remaining time a fan-out spends waiting for runtimes.
-_CALLER_SHARE = 0.8
 
 
 def default_stream_base(port: int) -> str:
@@ -53,25 +51,7 @@ def default_stream_base(port: int) -> str:
     return f"http://{address}:{port}"
 
 
-def parse(message_class: type[Message], raw: bytes) -> Message:
-    """Decode what the caller sent: bytes that do not decode are its mistake."""
-    try:
-        return message_class.FromString(raw)
-    except DecodeError as err:
-        raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"cannot parse {message_class.DESCRIPTOR.name}: {err}") from None
-
-
-class BadAnswer(CallError):
-    """A runtime answered what criproxy cannot read. INTERNAL, as a gRPC client says
-    of an answer it cannot unmarshal: the runtime is at fault, never the caller."""
-
-    def __init__(self, label: str, method: Method, problem: str) -> None:
-        super().__init__(grpc.StatusCode.INTERNAL,
-                         f"runtime {label} answered {method.name} with {problem}")
-
-
-class Dispatcher:
+class Dispatcher(ListFanOut, EventStreams):
     def __init__(self, config: Config, links: dict[str, WorkerLink]) -> None:
         self.config = config
         self.links = links  # in -connect order, primary first, then registered ones
@@ -113,13 +93,6 @@ class Dispatcher:
         registered = tuple(h for hs in self._registered_handlers.values() for h in hs)
         self.names = Names(list(self.links), self.config.runtime_handlers + registered)
 
-    def _end_merged_streams(self, why: str) -> None:
-        """An event stream follows the runtimes there were when it began: end it, so
-        kubelet subscribes again to every runtime (and relists meanwhile)."""
-        for merged in self._merged_streams:
-            _end(merged, CallError(grpc.StatusCode.UNAVAILABLE,
-                                   f"{why}; subscribe again for its events"))
-
     async def unary(self, method: Method, raw: bytes, timeout: float | None) -> bytes:
         request = parse(method.request, raw)
         return await self._rules[method.route.rule](method, request, raw, timeout)
@@ -130,7 +103,7 @@ class Dispatcher:
                     timeout: float | None) -> bytes:
         link = self.links[runtime]
         routed_to.get([]).append(link.label)
-        _check_version(link, method)
+        check_version(link, method)
         return await link.call(method.path, body, timeout)
 
     async def _forward(self, runtime: str, method: Method, request: Message, raw: bytes,
@@ -313,171 +286,6 @@ class Dispatcher:
         if errors:
             raise _joined(errors)
         return b""
-
-    async def _fan_out(self, method: Method, request: Message, raw: bytes,
-                       timeout: float | None) -> bytes:
-        named = owners(request, self.names)
-        if len(named) > 1:
-            return b""  # a filter naming two runtimes' objects matches nothing
-        if named:
-            return await self._to_owner(named.pop(), method, request, raw, timeout)
-        asked = list(self.links.items())  # runtimes may join or leave meanwhile
-        sent = [self.record.sent(name) for name, _link in asked]
-        results = await asyncio.gather(
-            *(self._call(name, method, raw, self._list_budget(link, timeout))
-              for name, link in asked),
-            return_exceptions=True)
-        return self._merge(method, request, [name for name, _link in asked], results, sent)
-
-    def _list_budget(self, link: WorkerLink, timeout: float | None) -> float:
-        """Wait for a runtime only part of the caller's time, so a slow one is
-        represented by its last answer before the caller's deadline; a runtime
-        still starting gets its -startWait on top."""
-        budget = self.config.list_budget + link.start_wait_left()
-        return min(timeout * _CALLER_SHARE, budget) if timeout else budget
-
-    async def _to_owner(self, runtime: str, method: Method, request: Message, raw: bytes,
-                        timeout: float | None) -> bytes:
-        """A List whose filter names one runtime's object: that runtime's answer,
-        within the same budget as a fan-out, or its last answer."""
-        budget = self._list_budget(self.links[runtime], timeout)
-        try:
-            return await self._forward(runtime, method, request, raw, budget, whole=True)
-        except CallError as err:
-            last = self._last_answer(runtime, method, request, err)
-            if last is None:
-                raise
-            return last
-
-    def _merge(self, method: Method, request: Message, asked: list[str], results: list,
-               sent: list[int]) -> bytes:
-        """Concatenate answers in -connect order (protobuf concatenation merges); a
-        runtime that could not answer, or answered bytes that do not decode, is
-        represented by its last answer."""
-        parts, errors = [], []
-        for name, result, sent_seq in zip(asked, results, sent):
-            if isinstance(result, BaseException) and not isinstance(result, CallError):
-                raise result
-            if name not in self.links:
-                continue  # it left while it was asked
-            if not isinstance(result, CallError):
-                result = self._fresh_part(name, method, request, result, sent_seq)
-            if isinstance(result, CallError):
-                last = self._last_answer(name, method, request, result)
-                if last is None:
-                    errors.append(result)
-                else:
-                    parts.append(last)
-            else:
-                parts.append(result)
-        if not parts:
-            raise errors[0]
-        return b"".join(parts)
-
-    def _fresh_part(self, runtime: str, method: Method, request: Message, answer: bytes,
-                    sent_seq: int) -> bytes | BadAnswer:
-        """A runtime's answer as its part of a merged List, or why it cannot be one."""
-        try:
-            shown = self._present(runtime, method, answer, whole=True)
-        except BadAnswer as bad:
-            return bad
-        self.record.answered(runtime, method.name, request, answer, sent_seq)
-        return shown
-
-    def _last_answer(self, runtime: str, method: Method, request: Message,
-                     err: CallError) -> bytes | None:
-        last = self.record.last_answer(runtime, method.name, request)
-        if last is None:
-            self._log_skipped(method, self.links[runtime], err)
-            return None
-        metrics.last_answer_served(self.links[runtime].label, method.name)
-        return self._present(runtime, method, last)
-
-    def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:
-        metrics.runtime_skipped(link.label, method.name)
-        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED or logs.enabled(2):
-            log.warning("%s: answering without runtime %s: %s", method.name, link.label, err)
-
-    # --- streams ----------------------------------------------------------------
-
-    async def stream_merge(self, method: Method, raw: bytes) -> AsyncIterator[bytes]:
-        """Every runtime's stream, merged; a runtime that drops out is re-subscribed."""
-        parse(method.request, raw)
-        merged: asyncio.Queue = asyncio.Queue(_EVENT_QUEUE)
-        followers = [asyncio.create_task(self._follow(name, method, raw, merged))
-                     for name in self.links]
-        self._merged_streams.add(merged)
-        try:
-            while True:
-                item = await merged.get()
-                if isinstance(item, CallError):
-                    raise item
-                yield item
-        finally:
-            self._merged_streams.discard(merged)
-            for task in followers:
-                task.cancel()
-            await asyncio.gather(*followers, return_exceptions=True)
-
-    async def _follow(self, runtime: str, method: Method, raw: bytes,
-                      merged: asyncio.Queue) -> None:
-        link = self.links[runtime]
-        while True:
-            await link.wait_up()
-            try:
-                _check_version(link, method)
-                async for item in link.stream(method.path, raw):
-                    shown = self._shown_event(runtime, method, item)
-                    if shown is not None and not _offer(merged, shown):
-                        log.warning("%s: subscriber too slow, dropping its stream", method.name)
-                        return
-            except CallError as err:
-                if err.code == grpc.StatusCode.UNIMPLEMENTED:
-                    # A merged stream lacking this runtime's events would hide its
-                    # containers: end it, so kubelet falls back to relisting.
-                    _offer(merged, CallError(err.code, f"runtime {link.label}: {err.message}"))
-                    return
-                log.warning("%s: stream of runtime %s ended: %s; re-subscribing",
-                            method.name, link.label, err)
-            await asyncio.sleep(_RESUBSCRIBE_DELAY)
-
-
-    def _shown_event(self, runtime: str, method: Method, item: bytes) -> bytes | None:
-        """An event as kubelet sees it; one that does not decode is dropped (and
-        counted), not the runtime's stream with it."""
-        try:
-            return self._present(runtime, method, item, whole=True)
-        except BadAnswer as bad:
-            log.warning("%s: dropping an event: %s", method.name, bad.message)
-            return None
-
-
-def _end(merged: asyncio.Queue, error: CallError) -> None:
-    """End a merged stream after the events queued so far (the oldest one dropped
-    to make room, if it has to be)."""
-    if merged.full():
-        merged.get_nowait()
-    merged.put_nowait(error)
-
-
-def _offer(merged: asyncio.Queue, item: bytes | CallError) -> bool:
-    """Queue an event; when the subscriber fell too far behind, end its stream."""
-    try:
-        merged.put_nowait(item)
-        return True
-    except asyncio.QueueFull:
-        while not merged.empty():
-            merged.get_nowait()
-        merged.put_nowait(CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"event subscriber too slow: {_EVENT_QUEUE} events unread"))
-        return False
-
-
-def _check_version(link: WorkerLink, method: Method) -> None:
-    if link.cri_version == "v1alpha2" and not method.in_v1alpha2:
-        raise CallError(grpc.StatusCode.UNIMPLEMENTED,
-                        f"runtime {link.label} speaks CRI v1alpha2, which has no {method.name}")
-
 
 def _joined(errors: list[tuple[str, BaseException]]) -> CallError:
     first = errors[0][1]
