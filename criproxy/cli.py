@@ -7,12 +7,9 @@ install-systemd` are the subcommands.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from importlib import metadata
 
 from criproxy import logs
-from criproxy.ops import install, status
 from criproxy.process import proctitle
 from criproxy.process.lifeline import die_with_parent
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, config_from_args,
@@ -30,6 +27,10 @@ def run(argv: list[str]) -> int:
 
 
 def front(argv: list[str]) -> int:
+    # Here, not at the top: supervisord runs in this module's process and needs
+    # neither asyncio (nor the ssl it loads) nor anything of the front's.
+    import asyncio
+
     from criproxy.front.front import Front
     parser = argparse.ArgumentParser(prog="criproxy front")
     parser.add_argument("--settings", required=True, help="resolved settings file")
@@ -54,11 +55,22 @@ def run_doctor(argv: list[str]) -> int:
 
 
 def print_version(argv: list[str]) -> int:
+    from importlib import metadata
     print(f"criproxy {metadata.version('criproxy')}")
     return 0
 
 
-SUBCOMMANDS = {"front": front, "status": status.main, "install-systemd": install.main,
+def run_status(argv: list[str]) -> int:
+    from criproxy.ops import status
+    return status.main(argv)
+
+
+def run_install(argv: list[str]) -> int:
+    from criproxy.ops import install
+    return install.main(argv)
+
+
+SUBCOMMANDS = {"front": front, "status": run_status, "install-systemd": run_install,
                "doctor": run_doctor, "--version": print_version, "-version": print_version}
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from criproxy import logs
 from criproxy.process import proctitle
 from criproxy.process.lifeline import die_with_parent
-from criproxy.registrations import published_registrations
 from criproxy.settings import (Config, ConfigError, Runtime, load_settings_file,
                                report_boot_failure)
 from workers.worker import Worker
@@ -54,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _registered(config: Config, name: str) -> Runtime:
+    from criproxy.registrations import published_registrations  # registered runtimes only
     try:
         registration = published_registrations(Path(config.rundir)).get(name)
     except ConfigError as err:

@@ -10,12 +10,12 @@ import asyncio
 import itertools
 import logging
 import secrets
+import struct
 import time
 from typing import Any, AsyncIterator, Callable
 
 import grpc
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from criproxy.settings import Config, Runtime
 from criproxy.wire import protocol, tracecontext
@@ -296,7 +296,8 @@ class WorkerLink:
         self._probe_wake.set()
 
     def _on_monitor_event(self, frames: list[bytes]) -> None:
-        event = parse_monitor_message(frames)["event"]
+        # zmq.utils.monitor would parse it too, at the price of loading zmq.asyncio.
+        event = struct.unpack("=Hi", frames[0][:6])[0]
         if event == zmq.EVENT_DISCONNECTED:
             self._worker_lost("worker disconnected (exited or restarting)")
         elif event & _CONNECTED:

@@ -5,9 +5,15 @@ each runtime's state and its worker's restarts from the workers' heartbeats
 (WorkerLink), so no worker runs an HTTP server of its own.
 
 The request path is hot, so `request_done` costs one dict look-up and a few
-integer updates on the event loop (no prometheus_client objects, no locks):
-request counts and latency histograms are turned into metrics, and runtime
-state, restarts and queue depths read from the links, only when scraped.
+integer updates on the event loop (no locks): request counts and latency
+histograms are turned into metrics, and runtime state, restarts and queue
+depths read from the links, only when scraped.
+
+The exposition (Prometheus text 0.0.4, or OpenMetrics 1.0 when the scraper
+asks for it) is written here, without prometheus_client: that library, with
+the http.server, wsgiref, email and urllib modules it loads, was 3 MB of the
+front's memory for a few lines of text (issue 26). The output is the same,
+line for line, as prometheus_client 0.26 wrote it.
 
 The endpoint is served from the front's event loop (no thread): `GET /metrics`
 (or `/`) on `-metricsAddress`, `host:port` or `unix:/path`.
@@ -18,18 +24,13 @@ import asyncio
 import bisect
 import collections
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
-from prometheus_client.utils import floatToGoString
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.process_collector import ProcessCollector
 
 log = logging.getLogger("criproxy.front")
 
@@ -44,22 +45,143 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # `criproxy status` rates are over this many seconds.
 WINDOW = 60.0
 
-# `_created` series double the output and tell nothing a restart counter does not.
-disable_created_metrics()
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(namespace="criproxy_front", registry=REGISTRY)
 
-IN_FLIGHT = Gauge("criproxy_requests_in_flight", "unary CRI requests being answered now",
-                  registry=REGISTRY)
-SUBSCRIBERS = Gauge("criproxy_event_subscribers",
-                    "open GetContainerEvents streams (kubelet's event subscriptions)",
-                    registry=REGISTRY)
-SKIPPED = Counter("criproxy_fanout_skipped", "List answers given without a runtime, "
-                  "because it failed or did not answer within -listBudget",
-                  ["runtime", "method"], registry=REGISTRY)
-LAST_ANSWERS = Counter("criproxy_list_stale_answers", "List answers in which a runtime that "
-                       "could not answer was represented by its last answer (pod record)",
-                       ["runtime", "method"], registry=REGISTRY)
+# --- the exposition formats ------------------------------------------------------
+
+
+class Family:
+    """One metric family, as a scrape shows it: (suffix, labels, value) samples."""
+
+    __slots__ = ("name", "kind", "help", "samples")
+
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name, self.kind, self.help = name, kind, help_text
+        self.samples: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
+
+    def add(self, labels: Iterable[tuple[str, str]], value: float, suffix: str = "") -> None:
+        self.samples.append((suffix, tuple(labels), value))
+
+
+def counter(name: str, help_text: str) -> Family:
+    return Family(name, "counter", help_text)
+
+
+def gauge(name: str, help_text: str) -> Family:
+    return Family(name, "gauge", help_text)
+
+
+def go_float(value: float) -> str:
+    """A number as Prometheus (Go) writes it: +Inf, NaN, 1.0, 1e+07."""
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to exponents sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _escape(text: str, quote: bool = True) -> str:
+    text = text.replace("\\", r"\\").replace("\n", r"\n")
+    return text.replace('"', r'\"') if quote else text
+
+
+def _sample_lines(family: Family, out: list[str]) -> None:
+    for suffix, labels, value in family.samples:
+        name = family.name + suffix
+        if labels:
+            name += "{" + ",".join(f'{key}="{_escape(val)}"'
+                                   for key, val in sorted(labels)) + "}"
+        out.append(f"{name} {go_float(value)}\n")
+
+
+def text_format(families: Iterable[Family]) -> bytes:
+    """Prometheus text format 0.0.4 (a counter's family is named NAME_total)."""
+    out: list[str] = []
+    for family in families:
+        shown = family.name + ("_total" if family.kind == "counter" else "")
+        out.append(f"# HELP {shown} {_escape(family.help, quote=False)}\n")
+        out.append(f"# TYPE {shown} {family.kind}\n")
+        _sample_lines(family, out)
+    return "".join(out).encode()
+
+
+def openmetrics_format(families: Iterable[Family]) -> bytes:
+    out: list[str] = []
+    for family in families:
+        out.append(f"# HELP {family.name} {_escape(family.help)}\n")
+        out.append(f"# TYPE {family.name} {family.kind}\n")
+        _sample_lines(family, out)
+    out.append("# EOF\n")
+    return "".join(out).encode()
+
+
+TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
+
+
+def choose_format(accept: str) -> tuple[Callable[[Iterable[Family]], bytes], str]:
+    """OpenMetrics when the scraper accepts it (Prometheus does), else the text format."""
+    for accepted in accept.split(","):
+        if accepted.split(";")[0].strip() == "application/openmetrics-text":
+            return openmetrics_format, OPENMETRICS_TYPE
+    return text_format, TEXT_TYPE
+
+
+def collect() -> list[Family]:
+    """Every family of a scrape, in the order the front has always shown them."""
+    return [*_process_families(), *_front_families(), *_request_families(),
+            *_links.collect()]
+
+
+# --- the front process (prometheus_client's process collector, namespaced) --------
+
+_PREFIX = "criproxy_front_process_"
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_boot_time: float | None = None
+
+
+def _process_families() -> list[Family]:
+    global _boot_time
+    try:
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
+        if _boot_time is None:
+            _boot_time = next(float(line.split()[1]) for line in
+                              Path("/proc/stat").read_text().splitlines()
+                              if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return []
+    families = []
+    for name, kind, help_text, value in (
+            ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", float(fields[20])),
+            ("resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+             float(fields[21]) * _PAGE),
+            ("start_time_seconds", "gauge",
+             "Start time of the process since unix epoch in seconds.",
+             float(fields[19]) / _TICKS + _boot_time),
+            ("cpu_seconds", "counter", "Total user and system CPU time spent in seconds.",
+             (float(fields[11]) + float(fields[12])) / _TICKS)):
+        family = Family(_PREFIX + name, kind, help_text)
+        family.add((), value, "_total" if kind == "counter" else "")
+        families.append(family)
+    try:
+        open_fds = float(len(os.listdir("/proc/self/fd")))
+        family = gauge(_PREFIX + "open_fds", "Number of open file descriptors.")
+        family.add((), open_fds)
+        families.append(family)
+        for line in Path("/proc/self/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                family = gauge(_PREFIX + "max_fds", "Maximum number of open file descriptors.")
+                family.add((), float(line.split()[3]))
+                families.append(family)
+    except (OSError, ValueError, IndexError):
+        pass
+    return families
 
 
 class _Tally:
@@ -83,8 +205,8 @@ class _Tally:
 # is served there too): no locks on the request path. Exported when scraped.
 _in_flight = 0
 _subscribers = 0
-IN_FLIGHT.set_function(lambda: _in_flight)
-SUBSCRIBERS.set_function(lambda: _subscribers)
+_skipped: dict[tuple[str, str], int] = {}       # (runtime, method)
+_last_answers: dict[tuple[str, str], int] = {}  # (runtime, method)
 _series: dict[tuple[str, str], _Tally] = {}   # (runtime, method)
 _tallies: dict[str, _Tally] = {}              # runtime
 _history: collections.deque = collections.deque()
@@ -118,34 +240,42 @@ def request_done(method: str, routed: list[str], code: grpc.StatusCode,
         tally.errors += 1
 
 
-class _RequestCollector:
+def _front_families() -> list[Family]:
+    in_flight = gauge("criproxy_requests_in_flight", "unary CRI requests being answered now")
+    in_flight.add((), _in_flight)
+    subscribers = gauge("criproxy_event_subscribers",
+                        "open GetContainerEvents streams (kubelet's event subscriptions)")
+    subscribers.add((), _subscribers)
+    skipped = counter("criproxy_fanout_skipped", "List answers given without a runtime, "
+                      "because it failed or did not answer within -listBudget")
+    last = counter("criproxy_list_stale_answers", "List answers in which a runtime that "
+                   "could not answer was represented by its last answer (pod record)")
+    for family, counts in ((skipped, _skipped), (last, _last_answers)):
+        for (runtime, method), count in list(counts.items()):
+            family.add((("runtime", runtime), ("method", method)), count, "_total")
+    return [in_flight, subscribers, skipped, last]
+
+
+def _request_families() -> list[Family]:
     """criproxy_requests_total and criproxy_request_duration_seconds, from _series."""
-
-    def describe(self) -> list:
-        return []
-
-    def collect(self) -> Iterable[Any]:
-        requests = CounterMetricFamily(
-            "criproxy_requests", "CRI requests answered, by runtime, method and gRPC code "
-            "(runtime '*': several runtimes; 'none': refused by criproxy)",
-            labels=["runtime", "method", "code"])
-        latency = HistogramMetricFamily(
-            "criproxy_request_duration_seconds", "time from a CRI request's arrival to its "
-            "answer", labels=["runtime", "method"])
-        for (runtime, method), series in list(_series.items()):
-            failed = list(series.codes.items())
-            ok = series.count - sum(count for _, count in failed)
-            for code, count in ([(_OK, ok)] if ok else []) + failed:
-                requests.add_metric([runtime, method, code.name], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip(BUCKETS + (float("inf"),), series.buckets):
-                cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))
-            latency.add_metric([runtime, method], buckets, series.seconds)
-        return [requests, latency]
-
-
-REGISTRY.register(_RequestCollector())
+    requests = counter(
+        "criproxy_requests", "CRI requests answered, by runtime, method and gRPC code "
+        "(runtime '*': several runtimes; 'none': refused by criproxy)")
+    latency = Family("criproxy_request_duration_seconds", "histogram",
+                     "time from a CRI request's arrival to its answer")
+    for (runtime, method), series in list(_series.items()):
+        labels = (("runtime", runtime), ("method", method))
+        failed = list(series.codes.items())
+        ok = series.count - sum(count for _, count in failed)
+        for code, count in ([(_OK, ok)] if ok else []) + failed:
+            requests.add(labels + (("code", code.name),), count, "_total")
+        cumulative = 0
+        for bound, count in zip(BUCKETS + (float("inf"),), series.buckets):
+            cumulative += count
+            latency.add(labels + (("le", go_float(bound)),), cumulative, "_bucket")
+        latency.add(labels, cumulative, "_count")
+        latency.add(labels, series.seconds, "_sum")
+    return [requests, latency]
 
 
 def subscriber_joined() -> None:
@@ -159,7 +289,7 @@ def subscriber_left() -> None:
 
 
 def runtime_skipped(runtime: str, method: str) -> None:
-    SKIPPED.labels(runtime, method).inc()
+    _skipped[(runtime, method)] = _skipped.get((runtime, method), 0) + 1
 
 
 def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
@@ -167,13 +297,13 @@ def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
     """Export a runtime's List counters at 0 from the start: rate() then sees their
     first increase, and alert rules find every series they name."""
     for method in fan_out_methods:
-        SKIPPED.labels(runtime, method)
+        _skipped.setdefault((runtime, method), 0)
     for method in last_answer_methods:
-        LAST_ANSWERS.labels(runtime, method)
+        _last_answers.setdefault((runtime, method), 0)
 
 
 def last_answer_served(runtime: str, method: str) -> None:
-    LAST_ANSWERS.labels(runtime, method).inc()
+    _last_answers[(runtime, method)] = _last_answers.get((runtime, method), 0) + 1
 
 
 # --- runtime state, read from the links when scraped ---------------------------
@@ -184,34 +314,28 @@ class _LinkCollector:
     def __init__(self) -> None:
         self.links: Iterable[Any] = ()
 
-    def describe(self) -> list:
-        return []  # unchecked collector: its families depend on the links
-
-    def collect(self) -> Iterable[Any]:
-        up = GaugeMetricFamily("criproxy_runtime_up", "1 if the runtime answers CRI calls "
-                               "through its worker, else 0", labels=["runtime"])
-        state = GaugeMetricFamily("criproxy_runtime_state", "the runtime's state (1 for the "
-                                  "current one)", labels=["runtime", "state"])
-        restarts = CounterMetricFamily("criproxy_worker_restarts", "restarts of the runtime's "
-                                       "worker seen by this front", labels=["runtime"])
-        pending = GaugeMetricFamily("criproxy_worker_pending_calls", "calls and streams sent "
-                                    "to the runtime's worker and not yet answered",
-                                    labels=["runtime"])
-        bad = CounterMetricFamily("criproxy_runtime_bad_answers", "answers of the runtime "
-                                  "that did not decode (each failed its call, or was left "
-                                  "out of a merged List)", labels=["runtime"])
+    def collect(self) -> list[Family]:
+        up = gauge("criproxy_runtime_up",
+                   "1 if the runtime answers CRI calls through its worker, else 0")
+        state = gauge("criproxy_runtime_state", "the runtime's state (1 for the current one)")
+        restarts = counter("criproxy_worker_restarts",
+                           "restarts of the runtime's worker seen by this front")
+        pending = gauge("criproxy_worker_pending_calls", "calls and streams sent to the "
+                        "runtime's worker and not yet answered")
+        bad = counter("criproxy_runtime_bad_answers", "answers of the runtime that did not "
+                      "decode (each failed its call, or was left out of a merged List)")
         for link in list(self.links):
             snap = link.snapshot()
-            up.add_metric([snap["label"]], 1.0 if snap["state"] == "up" else 0.0)
-            state.add_metric([snap["label"], snap["state"]], 1.0)
-            restarts.add_metric([snap["label"]], snap["restarts"])
-            pending.add_metric([snap["label"]], snap["in_flight"])
-            bad.add_metric([snap["label"]], snap["bad_answers"])
+            runtime = (("runtime", snap["label"]),)
+            up.add(runtime, 1.0 if snap["state"] == "up" else 0.0)
+            state.add(runtime + (("state", snap["state"]),), 1.0)
+            restarts.add(runtime, snap["restarts"], "_total")
+            pending.add(runtime, snap["in_flight"])
+            bad.add(runtime, snap["bad_answers"], "_total")
         return [up, state, restarts, pending, bad]
 
 
 _links = _LinkCollector()
-REGISTRY.register(_links)
 
 
 def watch_links(links: Iterable[Any]) -> None:
@@ -278,8 +402,8 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         elif path.split("?")[0] not in ("/", "/metrics"):
             status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
         else:
-            encoder, ctype = choose_encoder(accept)
-            status, body = "200 OK", encoder(REGISTRY)
+            encoder, ctype = choose_format(accept)
+            status, body = "200 OK", encoder(collect())
         writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
         if verb != "HEAD":
