@@ -28,6 +28,7 @@ from criproxy.front.rewrite import ForeignObject, add_prefixes, strip_prefixes
 from criproxy.front.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Rule, field_value,
                                     target_runtime_annotation)
 from criproxy.front.slim import slim_class
+from criproxy.front.slowlists import SlowLists
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.record.podrecord import PodRecord
 from criproxy.settings import Config, HandlerRoute
@@ -58,6 +59,7 @@ class Dispatcher(ListFanOut, EventStreams):
         self._registered_handlers: dict[str, tuple[HandlerRoute, ...]] = {}
         self.names = Names(list(links), config.runtime_handlers)
         self.record = PodRecord(config)
+        self.slow_lists = SlowLists()
         self._merged_streams: set[asyncio.Queue] = set()
         self.stream_base = config.stream_url or default_stream_base(config.stream_port)
         self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
@@ -83,6 +85,7 @@ class Dispatcher(ListFanOut, EventStreams):
     def remove_runtime(self, name: str) -> WorkerLink:
         link = self.links.pop(name)
         self.record.remove_runtime(name)
+        self.slow_lists.forget(name)
         self.set_handlers(name, ())
         self._end_merged_streams(f"runtime {link.label} left")
         return link

@@ -16,6 +16,7 @@ from criproxy import logs
 from criproxy.front.callerrors import BadAnswer
 from criproxy.front.rewrite import owners
 from criproxy.front.routing import Method
+from criproxy.front.slowlists import ASK_AGAIN_TIMEOUT
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics
 
@@ -27,7 +28,7 @@ _CALLER_SHARE = 0.8
 
 class ListFanOut:
     """The Dispatcher's fan-out Lists: a mixin of Dispatcher (front/dispatch.py), whose
-    links, record, names, _call, _forward and _present it uses."""
+    links, record, names, slow_lists, _call, _fit_request, _forward and _present it uses."""
 
     async def _fan_out(self, method: Method, request: Message, raw: bytes,
                        timeout: float | None) -> bytes:
@@ -39,10 +40,42 @@ class ListFanOut:
         asked = list(self.links.items())  # runtimes may join or leave meanwhile
         sent = [self.record.sent(name) for name, _link in asked]
         results = await asyncio.gather(
-            *(self._call(name, method, raw, self._list_budget(link, timeout))
-              for name, link in asked),
+            *(self._list_from(name, link, method, request, raw, timeout, seq)
+              for (name, link), seq in zip(asked, sent)),
             return_exceptions=True)
         return self._merge(method, request, [name for name, _link in asked], results, sent)
+
+    async def _list_from(self, runtime: str, link: WorkerLink, method: Method,
+                         request: Message, raw: bytes, timeout: float | None,
+                         sent_seq: int) -> bytes:
+        """The runtime's answer within its budget; a runtime that missed it once is
+        not waited for again (slowlists.py): its last answer stands in at once."""
+        if self.slow_lists.is_slow(runtime):
+            self.slow_lists.ask_again(runtime, lambda: self._ask_aside(
+                runtime, method, request, raw, sent_seq))
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"runtime {link.label} did not answer a List within -listBudget; "
+                            "it is asked again aside")
+        budget = self._list_budget(link, timeout)
+        try:
+            return await self._call(runtime, method, raw, budget)
+        except CallError as err:
+            if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.slow_lists.missed(runtime, link.label, method.name, budget)
+            raise
+
+    async def _ask_aside(self, runtime: str, method: Method, request: Message, raw: bytes,
+                         sent_seq: int) -> bool:
+        """A List to a slow runtime no caller waits for; its answer feeds the record.
+        False while it is still too slow; a runtime that fails at once instead is
+        no longer slow (its link says why its calls fail)."""
+        try:
+            answer = await self._call(runtime, method, raw, ASK_AGAIN_TIMEOUT)
+        except CallError as err:
+            return err.code != grpc.StatusCode.DEADLINE_EXCEEDED
+        if runtime in self.links:
+            self._fresh_part(runtime, method, request, answer, sent_seq)
+        return True
 
     def _list_budget(self, link: WorkerLink, timeout: float | None) -> float:
         """Wait for a runtime only part of the caller's time, so a slow one is
@@ -57,6 +90,12 @@ class ListFanOut:
         within the same budget as a fan-out, or its last answer."""
         budget = self._list_budget(self.links[runtime], timeout)
         try:
+            if self.slow_lists.is_slow(runtime):
+                # As _forward would: the record filters by the runtime's own ids.
+                self._fit_request(runtime, request, False)
+                raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"runtime {self.links[runtime].label} did not answer a List "
+                                "within -listBudget")
             return await self._forward(runtime, method, request, raw, budget, whole=True)
         except CallError as err:
             last = self._last_answer(runtime, method, request, err)
