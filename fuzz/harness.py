@@ -11,6 +11,7 @@ request went. Nothing here opens a socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import atexit
 import os
@@ -27,7 +28,7 @@ from criproxy.front.dispatch import Dispatcher
 from criproxy.front.naming import is_digest
 from criproxy.front.routing import METHODS, TARGET_RUNTIME_ANNOTATION, Method, Rule
 from criproxy.front.workerlink import CallError
-from criproxy.settings import Config, Runtime, config_from_values
+from criproxy.settings import Config, HandlerRoute, Runtime, config_from_values
 from fuzz.builder import digest, hexid
 
 # Codes a runtime or criproxy may answer for what a caller sent; UNKNOWN and
@@ -320,6 +321,7 @@ class FakeLink:
         self.cri_version = cri_version
         self.answerer = answer or self.model.answer
         self.bad_answers: list[str] = []
+        self.slow = False  # up, but no answer within the call's time (DEADLINE_EXCEEDED)
 
     @property
     def label(self) -> str:
@@ -350,6 +352,10 @@ class FakeLink:
         self.journal.append((self.runtime.name, method.name, body))
         if not self.up:
             raise CallError(grpc.StatusCode.UNAVAILABLE, f"runtime {self.label} is down")
+        if self.slow:  # what WorkerLink answers when the time runs out, at once
+            raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"runtime {self.label} did not answer {method.name} within "
+                            f"{timeout or 0:.3g}s")
         return self.answerer(method, body)
 
     async def stream(self, path: str, body: bytes) -> AsyncIterator[bytes]:
@@ -363,19 +369,20 @@ class FakeLink:
         raise CallError(grpc.StatusCode.UNIMPLEMENTED, "no more events in the model")
 
 
-def make_dispatcher(cfg: Config, states: int = 0, answerers: dict[str, Answerer] | None = None
-                    ) -> tuple[Dispatcher, dict[str, FakeLink], list]:
-    """A Dispatcher over fake links; bit 2i of `states`: runtime i down, bit 2i+1: it
-    speaks v1alpha2 (the primary is always up)."""
+def make_dispatcher(cfg: Config, states: int = 0, answerers: dict[str, Answerer] | None = None,
+                    slow: bool = False) -> tuple[Dispatcher, dict[str, FakeLink], list]:
+    """A Dispatcher over fake links; bit 2i of `states`: runtime i down (with `slow`:
+    slow instead), bit 2i+1: it speaks v1alpha2 (the primary is always up)."""
     clean_rundir()
     journal: list = []
     links: dict[str, FakeLink] = {}
     for i, runtime in enumerate(cfg.runtimes):
         down = bool(states >> (2 * i) & 1) and i > 0
         old = bool(states >> (2 * i + 1) & 1)
-        links[runtime.name] = FakeLink(runtime, journal, up=not down,
+        links[runtime.name] = FakeLink(runtime, journal, up=not down or slow,
                                        cri_version="v1alpha2" if old else "v1",
                                        answer=(answerers or {}).get(runtime.name))
+        links[runtime.name].slow = down and slow
     return Dispatcher(cfg, links), links, journal  # type: ignore[arg-type]
 
 
@@ -393,12 +400,27 @@ def run(coroutine: Any, bound: float = TIME_BOUND) -> Any:
     except asyncio.TimeoutError:
         raise AssertionError(f"an input took more than {bound}s") from None
     finally:
+        # Tasks a call left (a List asked aside for a slow runtime): ended here, so
+        # that nothing of one input runs during the next.
+        left = [task for task in asyncio.all_tasks(_loop) if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            _loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         if time.monotonic() - started > bound:
             raise AssertionError(f"an input took {time.monotonic() - started:.2f}s, "
                                  f"more than {bound}s")
 
 
 # --- ROUTING.md as an oracle ---------------------------------------------------------
+# The oracle reads `cfg.runtimes` (names) and `cfg.runtime_handlers`: a Config, or
+# a Topology when runtimes joined or left (-runtimesDir).
+
+
+@dataclasses.dataclass
+class Topology:
+    runtimes: list[Runtime]
+    runtime_handlers: tuple[HandlerRoute, ...]
 
 ID_NAMES = {"id", "pod_sandbox_id", "container_id", "target_id"}
 IMAGE_NAMES = {"image", "user_specified_image", "image_ref", "image_id", "repo_tags",

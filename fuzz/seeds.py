@@ -233,14 +233,21 @@ def main() -> None:
         0, 0, I + "PullImage", target_requests.RAW, prelist=True) + requests()["pull-pod"][1])
     # Sequences: kubelet's change, then a List served by the record for a runtime down.
     table = requests()
-    for first, then, states in (("run-pod-alt", "list-pods", 0b100), ("create-alt", "list-containers",
-                                 0b100), ("stop-pod-alt", "list-pods-ready", 0b100),
-                                ("pull-pod", "image-status-pod", 0)):
+    for first, then, states, slow, membership in (
+            ("run-pod-alt", "list-pods", 0b100, False, False),
+            ("create-alt", "list-containers", 0b100, False, False),
+            ("stop-pod-alt", "list-pods-ready", 0b100, False, False),
+            ("pull-pod", "image-status-pod", 0, False, False),
+            ("list-pods", "list-pods", 0b100, True, False),
+            ("list-containers-pod", "list-pods", 0b10000, True, True),
+            ("run-pod-kata", "list-images", 0, False, True)):
         path, raw = table[first]
         second = harness.UNARY_PATHS.index(table[then][0])
-        write("requests", f"then-{first}-{then}", target_requests.header(
-            0, states, path, target_requests.RAW, prelist=True, then=True)
-            + bytes([second]) + len(raw).to_bytes(2, "big") + raw + bytes(16))
+        name = f"then-{first}-{then}" + "-slow" * slow + "-membership" * membership
+        write("requests", name, target_requests.header(
+            0, states, path, target_requests.RAW, prelist=True, then=True, slow=slow,
+            membership=membership) + bytes([second]) + len(raw).to_bytes(2, "big") + raw
+            + bytes(16))
     for name, (path, raw) in answers().items():
         write("answers", name, target_answers.header(0, 1, path, target_answers.RAW) + raw)
         write("answers", name + "-built", target_answers.header(

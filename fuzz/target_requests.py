@@ -14,7 +14,8 @@ runtime (fuzz/harness.py). Invariants:
 
 Input: setup, runtime states, method, mode (raw, built, built and damaged;
 whether every runtime answered both Lists before its state was set; whether a
-second call follows), then the builder's bytes (or the request itself when
+second call follows; whether runtimes marked down are slow instead; whether a
+registered runtime joins or a named one leaves before the second call), then the builder's bytes (or the request itself when
 the mode says raw).
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from criproxy.front.routing import METHODS, Rule
 from criproxy.front.workerlink import CallError
+from criproxy.settings import HandlerRoute, Runtime
 from fuzz import builder, harness
 from fuzz.mutator import message_mutator
 from fuzz.provider import Provider
@@ -37,10 +39,11 @@ LIST_CONTAINERS = METHODS["/runtime.v1.RuntimeService/ListContainers"]
 
 
 def header(setup: int, states: int, path: str, mode: int, prelist: bool = False,
-           then: bool = False) -> bytes:
+           then: bool = False, slow: bool = False, membership: bool = False) -> bytes:
     """The first bytes of an input (fuzz/seeds.py writes seeds with it)."""
-    return bytes([setup, states, harness.METHOD_PATHS.index(path),
-                  mode | (prelist << 4) | (then << 5)])
+    flags = prelist << 4 | then << 5 | slow << 6 | membership << 7
+    flags += (mode - flags) % 3  # flags % 3 is the mode
+    return bytes([setup, states, harness.METHOD_PATHS.index(path), flags])
 
 
 def _request(p: Provider, method, mode: int, v1alpha2: bool = False) -> bytes:  # type: ignore[no-untyped-def]
@@ -62,6 +65,7 @@ def test_one_input(data: bytes) -> None:
     method, older = METHODS[path], "v1alpha2" in path
     flags = p.byte()
     mode, prelist, then = flags % 3, bool(flags & 0x10), bool(flags & 0x20)
+    slow, membership = bool(flags & 0x40), bool(flags & 0x80)
     calls = []
     if then:  # a second call after the first: a raw first one comes with its length
         second = METHODS[harness.UNARY_PATHS[p.byte() % len(harness.UNARY_PATHS)]]
@@ -74,21 +78,47 @@ def test_one_input(data: bytes) -> None:
         states &= ~1  # the primary's stream ends the merged one (harness.FakeLink)
     # With `prelist`, every runtime answers both Lists first (the record then holds
     # them), and only then do the input's runtimes go down.
-    dispatcher, links, journal = harness.make_dispatcher(cfg, 0 if prelist else states)
+    dispatcher, links, journal = harness.make_dispatcher(cfg, 0 if prelist else states,
+                                                         slow=slow)
+    topology = harness.Topology(list(cfg.runtimes), cfg.runtime_handlers)
+    if membership and p.bool():  # registered from the start: it leaves before call 2
+        _join_or_leave(p, dispatcher, links, journal, topology)
     if prelist:
         for listing in (LIST_SANDBOXES, LIST_CONTAINERS):
             harness.run(dispatcher.unary(listing, b"", 5.0))
         for i, runtime in enumerate(cfg.runtimes):
-            links[runtime.name].up = i == 0 or not states >> (2 * i) & 1
+            down = i > 0 and bool(states >> (2 * i) & 1)
+            links[runtime.name].up = not down or slow
+            links[runtime.name].slow = down and slow
             links[runtime.name].cri_version = "v1alpha2" if states >> (2 * i + 1) & 1 else "v1"
-    for call_method, raw in calls:
+    for number, (call_method, raw) in enumerate(calls):
+        if number and membership:
+            _join_or_leave(p, dispatcher, links, journal, topology)
         del journal[:]
         try:
             request = call_method.request.FromString(raw)
         except DecodeError:
             request = None
         outcome = harness.run(_call(dispatcher, call_method, raw))
-        check(cfg, call_method, request, outcome, links, journal)
+        check(topology, call_method, request, outcome, links, journal)
+
+
+GPU = Runtime("gpu", "/run/criproxy-runtimes/gpu.sock")
+GPU_HANDLERS = (HandlerRoute("nvidia", "gpu", "nvidia"),)
+
+
+def _join_or_leave(p: Provider, dispatcher, links, journal, topology) -> None:  # type: ignore[no-untyped-def]
+    """A registered runtime (-runtimesDir: gpu, handler nvidia) joins, or leaves
+    when it is there (only registered runtimes leave), between two calls."""
+    if "gpu" not in links:
+        dispatcher.add_runtime(harness.FakeLink(GPU, journal), GPU_HANDLERS)
+        topology.runtimes.append(GPU)
+        topology.runtime_handlers += GPU_HANDLERS
+    else:
+        dispatcher.remove_runtime("gpu")
+        topology.runtimes[:] = [r for r in topology.runtimes if r.name != "gpu"]
+        topology.runtime_handlers = tuple(h for h in topology.runtime_handlers
+                                          if h.runtime != "gpu")
 
 
 async def _call(dispatcher, method, raw):  # type: ignore[no-untyped-def]
