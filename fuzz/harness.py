@@ -320,6 +320,8 @@ class FakeLink:
         self.up = up
         self.cri_version = cri_version
         self.answerer = answer or self.model.answer
+        self.custom = answer is not None  # its stream starts with the answerer's item
+        self.stream_ends = True  # else its stream waits after its events, as a quiet one
         self.bad_answers: list[str] = []
         self.slow = False  # up, but no answer within the call's time (DEADLINE_EXCEEDED)
 
@@ -363,8 +365,12 @@ class FakeLink:
         self.journal.append((self.runtime.name, method.name, body))
         if not self.up:
             raise CallError(grpc.StatusCode.UNAVAILABLE, f"runtime {self.label} is down")
+        if self.custom:
+            yield self.answerer(method, body)
         for item in self.model.events():
             yield item
+        if not self.stream_ends:
+            await asyncio.Event().wait()
         # Ends the merged stream (a runtime without events), so a target's input ends.
         raise CallError(grpc.StatusCode.UNIMPLEMENTED, "no more events in the model")
 

@@ -157,6 +157,8 @@ def answers() -> dict[str, tuple[str, bytes]]:
         "image-status": (I + "ImageStatus", v1.ImageStatusResponse(
             image=next(iter(model.images.values())))),
         "pull": (I + "PullImage", v1.PullImageResponse(image_ref=digest(7))),
+        "event": (R + "GetContainerEvents", v1.ContainerEventResponse.FromString(
+            model.events()[0])),
     }.items()}
 
 
