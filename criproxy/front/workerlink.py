@@ -182,6 +182,7 @@ class WorkerLink:
     def _worker_lost(self, reason: str) -> None:
         self._answering = False
         self._owed_since = None
+        self._wake_probe()  # every -heartbeat until it (or its successor) answers
         self._transition(RuntimeState.DOWN, reason)
         self._fail_pending(reason)
 
