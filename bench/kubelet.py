@@ -29,6 +29,7 @@ import grpc
 import grpc.aio
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
+from cri_api.v1alpha2 import api_pb2_grpc as rpc_v1alpha2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import percentile  # noqa: E402
@@ -37,11 +38,15 @@ UID_LABEL = "io.kubernetes.pod.uid"
 
 
 class Replay:
-    def __init__(self, target: str, timeout: float, changed: int) -> None:
+    def __init__(self, target: str, timeout: float, changed: int, api: str = "v1",
+                 skip: frozenset[str] = frozenset()) -> None:
         self.channel = grpc.aio.insecure_channel(
             target, options=[("grpc.max_receive_message_length", 64 << 20)])
-        self.runtime = rpc.RuntimeServiceStub(self.channel)
-        self.images = rpc.ImageServiceStub(self.channel)
+        # v1alpha2's messages are wire-identical to v1's: only the service names differ.
+        stubs = rpc if api == "v1" else rpc_v1alpha2
+        self.runtime = stubs.RuntimeServiceStub(self.channel)
+        self.images = stubs.ImageServiceStub(self.channel)
+        self.skip = skip
         self.timeout = timeout
         self.changed = changed
         self.latencies: dict[str, list[float]] = defaultdict(list)
@@ -49,6 +54,8 @@ class Replay:
         self.random = random.Random(1)
 
     async def call(self, name: str, stub: object, request: object) -> object | None:
+        if name in self.skip:
+            return None
         started = time.perf_counter()
         try:
             answer = await getattr(stub, name)(request, timeout=self.timeout)
@@ -116,8 +123,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--changed", type=int, default=2, help="pods whose status is read each second")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--api", choices=("v1", "v1alpha2"), default="v1",
+                        help="the CRI service names to call (the Go original speaks v1alpha2)")
+    parser.add_argument("--skip", action="append", default=[], metavar="METHOD",
+                        help="never make this call (e.g. ListPodSandboxStats, not in v1alpha2)")
     args = parser.parse_args()
-    replay = Replay(args.target, args.timeout, args.changed)
+    replay = Replay(args.target, args.timeout, args.changed, args.api, frozenset(args.skip))
     await replay.run(args.seconds)
     json.dump(replay.summary(), sys.stdout)
 
