@@ -90,3 +90,34 @@ def test_idle_status_is_not_rewritten_and_the_tree_stays_asleep() -> None:
         assert proxy.status()["requests"]["primary"]["rate"] > 0
     finally:
         stop_cluster(cluster)
+
+
+def test_supervisord_polls_long_only_while_nothing_waits_for_its_loop(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from supervisor.states import ProcessStates, SupervisorStates
+
+    from criproxy.process import eventplugin, wakeup
+    monkeypatch.setattr(eventplugin, "_installed", {})  # no plugin waits for a tick
+
+    def process(state: int, laststart: float = 1.0, autostart: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(get_state=lambda: state, laststart=laststart,
+                               config=SimpleNamespace(autostart=autostart))
+
+    def supervisord(*processes: SimpleNamespace,
+                    mood: int = SupervisorStates.RUNNING) -> SimpleNamespace:
+        group = SimpleNamespace(processes={str(i): p for i, p in enumerate(processes)})
+        return SimpleNamespace(options=SimpleNamespace(mood=mood), process_groups={"g": group})
+
+    running, fatal = process(ProcessStates.RUNNING), process(ProcessStates.FATAL)
+    assert wakeup.settled(supervisord(running, fatal, process(ProcessStates.STOPPED)))
+    for waiting in (ProcessStates.STARTING, ProcessStates.BACKOFF, ProcessStates.STOPPING,
+                    ProcessStates.EXITED):
+        assert not wakeup.settled(supervisord(running, process(waiting)))
+    # A program the registrar just added: started at the loop's next turn.
+    assert not wakeup.settled(supervisord(running, process(ProcessStates.STOPPED, laststart=0)))
+    assert wakeup.settled(supervisord(running, process(ProcessStates.STOPPED, 0, False)))
+    assert not wakeup.settled(supervisord(running, mood=SupervisorStates.SHUTDOWN))
+    keeper = SimpleNamespace(needs_tick=lambda: True)
+    monkeypatch.setattr(eventplugin, "_installed", {"keeper": keeper})
+    assert not wakeup.settled(supervisord(running))

@@ -13,7 +13,8 @@ The handlers themselves still only record the signal; nothing else changes.
 
 The same plugin lengthens that poll while nothing needs the clock: every
 program RUNNING, STOPPED or FATAL, supervisord not stopping, no supervisorctl
-connection open, and no plugin waiting for a tick (the keeper's retries, the
+connection open, no program added and not started yet, and no plugin waiting
+for a tick (the keeper's retries, the
 registrar's leave checks, the log relay's unfinished lines: see
 `needs_tick()`). Then supervisord sleeps IDLE_POLL seconds between looks
 instead of one, so an idle criproxy does not wake it every second; a signal,
@@ -74,13 +75,24 @@ def settled(supervisord: Any) -> bool:
     if supervisord.options.mood != SupervisorStates.RUNNING:
         return False
     for group in supervisord.process_groups.values():
-        if any(p.get_state() not in _STEADY for p in group.processes.values()):
+        if any(_waits(process) for process in group.processes.values()):
             return False
     # A supervisorctl request in progress (a deferred answer is polled for).
     if any(isinstance(d, asynchat.async_chat) for d in asyncore.socket_map.values()):
         return False
     return not any(getattr(plugin, "needs_tick", lambda: True)()
                    for plugin in eventplugin.installed())
+
+
+def _waits(process: Any) -> bool:
+    """A program supervisord's loop acts on by the clock, or at its next turn: one
+    starting, backing off, stopping, exited, or added (the registrar's) and never
+    started yet."""
+    state = process.get_state()
+    if state not in _STEADY:
+        return True
+    return state == ProcessStates.STOPPED and not process.laststart and \
+        bool(process.config.autostart)
 
 
 def _lengthen_idle_polls(supervisord: Any) -> None:
