@@ -8,6 +8,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.fakeknobs import set_delays
 from tests.fakeruntime import FakeRuntime, start_fake
 from tests.harness import Proxy, short_dir, start_proxy
 
@@ -49,6 +50,22 @@ def cluster() -> Iterator[Cluster]:
     started = start_cluster()
     yield started
     stop_cluster(started)
+
+
+@pytest.fixture
+def controlled_alt() -> Iterator[tuple[Cluster, Path]]:
+    """primary and alt behind criproxy, alt's delays, failures and garbage answers
+    set through its control file (tests/fakeknobs.py) while it runs."""
+    base = short_dir("cpc-")
+    control = base / "alt-control.json"
+    set_delays(control, {})
+    fakes = {"primary": start_fake(base, "primary"),
+             "alt": start_fake(base, "alt", "--control", str(control))}
+    proxy = start_proxy(f"{fakes['primary'].socket},alt:{fakes['alt'].socket}", workdir=base,
+                        wait_for=list(fakes))
+    cluster = Cluster(proxy, fakes, base)
+    yield cluster, control
+    stop_cluster(cluster)
 
 
 @pytest.fixture

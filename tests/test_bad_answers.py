@@ -11,16 +11,13 @@ import http.client
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from tests.conftest import Cluster, stop_cluster
+from tests.conftest import Cluster
 from tests.fakeknobs import set_delays
-from tests.fakeruntime import start_fake
-from tests.harness import short_dir, start_proxy
 from tests.routing_util import Kubelet, wait_until
 
 # Not protobuf at all: a length-delimited field claiming more bytes than follow.
@@ -33,20 +30,6 @@ def invalid_utf8_sandboxes() -> bytes:
     would carry it through, and kubelet's decoder refuses the whole merged answer."""
     pod = cri.PodSandbox(id="garbled", metadata=cri.PodSandboxMetadata(name="QQ"))
     return cri.ListPodSandboxResponse(items=[pod]).SerializeToString().replace(b"QQ", b"\xc3\x28")
-
-
-@pytest.fixture
-def two() -> Iterator[tuple[Cluster, Path]]:
-    base = short_dir("cpb-")
-    control = base / "alt-control.json"
-    set_delays(control, {})
-    fakes = {"primary": start_fake(base, "primary"),
-             "alt": start_fake(base, "alt", "--control", str(control))}
-    proxy = start_proxy(f"{fakes['primary'].socket},alt:{fakes['alt'].socket}", workdir=base,
-                        wait_for=list(fakes))
-    cluster = Cluster(proxy, fakes, base)
-    yield cluster, control
-    stop_cluster(cluster)
 
 
 def metric(cluster: Cluster, name: str, runtime: str) -> float:
@@ -62,8 +45,8 @@ def metric(cluster: Cluster, name: str, runtime: str) -> float:
 @pytest.mark.parametrize("garbage", [NOT_PROTOBUF, invalid_utf8_sandboxes()],
                          ids=["not-protobuf", "invalid-utf8"])
 def test_garbage_from_one_runtime_leaves_the_merged_lists_whole(
-        two: tuple[Cluster, Path], garbage: bytes) -> None:
-    cluster, control = two
+        controlled_alt: tuple[Cluster, Path], garbage: bytes) -> None:
+    cluster, control = controlled_alt
     kubelet = Kubelet(cluster)
     primary_pod, alt_pod = kubelet.run_pod("primary"), kubelet.run_pod("alt")
     assert {primary_pod, alt_pod} <= {p.id for p in kubelet.rt.ListPodSandbox(
@@ -101,8 +84,8 @@ def test_garbage_from_one_runtime_leaves_the_merged_lists_whole(
     assert "misbehaving" in shown
 
 
-def test_a_runtime_that_answers_well_again_is_fresh_again(two: tuple[Cluster, Path]) -> None:
-    cluster, control = two
+def test_a_runtime_that_answers_well_again_is_fresh_again(controlled_alt: tuple[Cluster, Path]) -> None:
+    cluster, control = controlled_alt
     kubelet = Kubelet(cluster)
     alt_pod = kubelet.run_pod("alt")
     kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=5)

@@ -8,32 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from tests.conftest import Cluster, stop_cluster
+from tests.conftest import Cluster
 from tests.fakeknobs import set_delays
-from tests.fakeruntime import start_fake
-from tests.harness import short_dir, start_proxy
 from tests.routing_util import Kubelet, wait_until
 
 UID_LABEL = "io.kubernetes.pod.uid"
-
-
-@pytest.fixture
-def two() -> Iterator[tuple[Cluster, Path]]:
-    base = short_dir("cps-")
-    control = base / "alt-control.json"
-    set_delays(control, {})
-    fakes = {"primary": start_fake(base, "primary"),
-             "alt": start_fake(base, "alt", "--control", str(control))}
-    proxy = start_proxy(f"{fakes['primary'].socket},alt:{fakes['alt'].socket}", workdir=base,
-                        wait_for=list(fakes))
-    cluster = Cluster(proxy, fakes, base)
-    yield cluster, control
-    stop_cluster(cluster)
 
 
 def timed_list(kubelet: Kubelet, **labels: str) -> tuple[float, set[str]]:
@@ -43,8 +25,8 @@ def timed_list(kubelet: Kubelet, **labels: str) -> tuple[float, set[str]]:
     return time.monotonic() - started, {p.id for p in answer.items}
 
 
-def test_a_hung_runtime_is_waited_for_once(two: tuple[Cluster, Path]) -> None:
-    cluster, control = two
+def test_a_hung_runtime_is_waited_for_once(controlled_alt: tuple[Cluster, Path]) -> None:
+    cluster, control = controlled_alt
     kubelet = Kubelet(cluster)
     mine = kubelet.run_pod("primary", labels={UID_LABEL: "runtime-pod"})
     theirs = kubelet.run_pod("alt")
