@@ -57,7 +57,8 @@ def test_a_worker_that_hangs_while_idle_is_found_by_the_idle_probe() -> None:
             found_after = time.monotonic() - stopped
         finally:
             os.kill(worker, signal.SIGCONT)
-        assert found_after < 1 + 1 + 1.5, found_after  # -idleProbe + -workerTimeout + slack
+        # -idleProbe + -workerTimeout, the status file's second, and slack
+        assert found_after < 1 + 1 + 1 + 1.0, found_after
         assert "silent" in proxy.runtime_status("alt")["reason"]
         assert proxy.wait_state("alt", "up", timeout=5)["worker_pid"] == worker  # not restarted
     finally:
