@@ -25,8 +25,8 @@ from typing import Callable
 
 import grpc
 from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc as rpc
 
+from tests.e2e_node import Cri
 from tests.harness import REPO, Proxy, runtimes_script, start_proxy
 from tests.kubepod import KubePod, load_daemonset
 
@@ -65,19 +65,6 @@ def wait_until(what: str, check: Callable[[], object], timeout: float = 30.0,
                 return last
         time.sleep(interval)
     raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
-
-
-@dataclass
-class Cri:
-    """Runtime and image stubs on one socket (criproxy's or a containerd's)."""
-    channel: grpc.Channel
-    runtime: rpc.RuntimeServiceStub
-    images: rpc.ImageServiceStub
-
-    @classmethod
-    def connect(cls, address: str) -> "Cri":
-        channel = grpc.insecure_channel(address)
-        return cls(channel, rpc.RuntimeServiceStub(channel), rpc.ImageServiceStub(channel))
 
 
 @dataclass

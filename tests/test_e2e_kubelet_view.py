@@ -30,7 +30,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from tests.harness import Proxy, start_proxy
 from tests.relister import UID_LABEL, Relister, longest_failure, partial, summary
-from tests.test_e2e_containerd import (
+from tests.e2e_node import (  # noqa: F401 - pods: a fixture
     B, CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, TARGET_RUNTIME, Cri, Node, Pod, bare_id,
     direct_container_ids, direct_pod_ids, has_image, http_status, pods,
     runtimes, wait_for)
