@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -392,6 +393,7 @@ def main() -> None:
                 print(f"stopping a proxy: {err}", file=sys.stderr)
         for fake in fakes:
             fake.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
