@@ -45,7 +45,8 @@ def test_a_hung_runtime_is_waited_for_once(controlled_alt: tuple[Cluster, Path])
         filter=cri.PodSandboxFilter(id=theirs)), timeout=10).items
     assert [p.id for p in by_id] == [theirs]  # its own id, matched in its last answer
     assert len(cluster.fakes["alt"].entries("ListPodSandbox")) <= asked + 1  # one aside
-    assert "did not answer ListPodSandbox within" in cluster.proxy.log()
+    wait_until(lambda: "did not answer ListPodSandbox within" in cluster.proxy.log(), 10,
+               "the slow runtime logged")
 
     set_delays(control, {})
     wait_until(lambda: "runtime alt answers Lists again" in cluster.proxy.log(), 20,
