@@ -2,6 +2,8 @@
 
     python -m fuzz.run [--seconds N] [TARGET...]     run targets, print the table
     python -m fuzz.run --child TARGET LIBFUZZER_ARGS   one target under atheris
+    python -m fuzz.run --child TARGET fuzz/corpus/TARGET build/fuzz/TARGET/corpus -merge=1
+                                                     keep what adds coverage in the tree
 
 Each target starts from its seed corpus (fuzz/corpus/<target>/) and its kept
 crash inputs (fuzz/crashes/<target>/); what it finds new goes to
@@ -12,10 +14,6 @@ modules instrumented) and when it last grew (about: inputs so far over the rate
 so far), corpus size, crashes. Exits non-zero on a crash. A target
 with a `custom_mutator` (fuzz/mutator.py: protobuf-aware) gets it.
 
-CRIPROXY_FUZZ_KNOWN (FUZZ_KNOWN in make, whose default is every tag of
-fuzz/pending/README.md) names known failures of bugs not fixed yet, which the
-targets then let pass, narrowly, so a campaign looks past them; empty, every
-invariant holds (tests/test_fuzz_corpus.py replays with it empty).
 """
 from __future__ import annotations
 
@@ -64,11 +62,22 @@ def child(target: str, args: list[str]) -> None:
     with atheris.instrument_imports(include=INSTRUMENTED):
         module: ModuleType = importlib.import_module(f"fuzz.target_{target}")
     mutator = getattr(module, "custom_mutator", None)
+    argv = [_self_command(target), *args]  # libFuzzer runs it again for -merge, -fork
     if mutator is not None:
-        atheris.Setup([sys.argv[0], *args], module.test_one_input, custom_mutator=mutator)
+        atheris.Setup(argv, module.test_one_input, custom_mutator=mutator)
     else:
-        atheris.Setup([sys.argv[0], *args], module.test_one_input)
+        atheris.Setup(argv, module.test_one_input)
     atheris.Fuzz()
+
+
+def _self_command(target: str) -> str:
+    """An executable that is this child again (libFuzzer's -merge=1 reruns argv[0])."""
+    path = WORK / target / "child.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\ncd {ROOT} && PYTHONPATH={ROOT} exec {sys.executable} "
+                    f"-m fuzz.run --child {target} \"$@\"\n")
+    path.chmod(0o755)
+    return str(path)
 
 
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/.*?exec/s: (\d+)")
@@ -123,9 +132,6 @@ def main(argv: list[str]) -> int:
     options = parser.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     results = []
-    known = [tag for tag in os.environ.get("CRIPROXY_FUZZ_KNOWN", "").split(",") if tag]
-    if known:
-        print(f"looking past the known failures {', '.join(known)} (fuzz/pending/README.md)")
     for target in options.targets:
         print(f"fuzzing {target} for {options.seconds}s ...", flush=True)
         results.append(run_target(target, options.seconds, env))

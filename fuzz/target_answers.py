@@ -19,7 +19,6 @@ Input: setup, which runtime, method, mode, then the builder's bytes or the answe
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import grpc
@@ -46,10 +45,6 @@ PATHS = [R + m for m in (
                                              "PullImage")] + [R + "GetContainerEvents"]
 LIST_SANDBOXES = METHODS[R + "ListPodSandbox"]
 LIST_CONTAINERS = METHODS[R + "ListContainers"]
-# Until issue 25's fix is in dispatch.py, `make fuzz` may be told to let its one
-# known failures pass (CRIPROXY_FUZZ_KNOWN=25,url), so that the campaign looks past
-# them: 25, a bad answer blamed on the caller; url, a streaming url urlparse refuses.
-KNOWN = set(os.environ.get("CRIPROXY_FUZZ_KNOWN", "").split(","))
 
 
 def header(setup: int, runtime: int, path: str, mode: int) -> bytes:
@@ -88,13 +83,7 @@ def test_one_input(data: bytes) -> None:
     for name, link in links.items():
         link.stream_ends = name == bad  # the merged stream ends after the bad one's events
     request = kubelet_request(method, bad, links[bad].model)
-    try:
-        outcome = harness.run(_call(dispatcher, method, request))
-    except ValueError as err:
-        # dispatch._absolute_url on a url urlparse refuses (fuzz/pending/answers/).
-        if "url" in KNOWN and "URL" in str(err):
-            return
-        raise
+    outcome = harness.run(_call(dispatcher, method, request))
     check_outcome(method, bad, answer, outcome, links)
     check_record(dispatcher, links, bad)
 
@@ -167,8 +156,6 @@ def check_outcome(method: Method, bad: str, answer: bytes, outcome: object,
         raise AssertionError(f"{method.name} gave {outcome!r:.200}")
     merged = method.route.rule == Rule.FAN_OUT and len(links) > 1
     if isinstance(outcome, CallError):
-        if "25" in KNOWN and outcome.code == grpc.StatusCode.INVALID_ARGUMENT:
-            return
         assert outcome.code != grpc.StatusCode.INVALID_ARGUMENT, \
             f"{method.name}: runtime {bad!r}'s answer blamed on the caller: {outcome.message}"
         assert not merged, \

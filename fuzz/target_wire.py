@@ -17,7 +17,6 @@ Input: mode, then the frame or the builder's bytes.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any
 
@@ -40,8 +39,6 @@ FIELDS = {
     protocol.ITEM: ("id", "inc", "b"), protocol.END: ("id", "inc"),
     protocol.PONG: ("inc", "pid", "up", "st", "r", "v"),
 }
-# Known failures in files of another change, let pass for a campaign (see target_answers).
-KNOWN = set(os.environ.get("CRIPROXY_FUZZ_KNOWN", "").split(","))
 IDS = (7, 0, -1, 1 << 47, (1 << 64) - 1, -(1 << 63))
 
 
@@ -168,13 +165,7 @@ async def _front_takes(frame: bytes) -> None:
     link.incarnation, link._pending = None, {}
     for request_id, stream in ((7, False), ((1 << 47), True)):
         link._pending[request_id] = _Pending(stream)
-    try:
-        link._on_frames([frame])
-    except KeyError as err:
-        # WorkerLink._on_message indexes "id" of a ping/pong-less kind it never
-        # gets from a worker (fuzz/pending/wire/).
-        if "id-less" not in KNOWN or err.args != ("id",):
-            raise
+    link._on_frames([frame])
     for pending in link._pending.values():
         if pending.future.done():
             pending.future.exception()
