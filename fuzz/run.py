@@ -8,7 +8,7 @@
 Each target starts from its seed corpus (fuzz/corpus/<target>/) and its kept
 crash inputs (fuzz/crashes/<target>/); what it finds new goes to
 build/fuzz/<target>/corpus/, a crash input to build/fuzz/<target>/ (move it to
-fuzz/crashes/<target>/ with its fix). Per target the table shows inputs run,
+fuzz/crashes/<target>/ with its fix); FUZZ_WORK names another place than build/fuzz. Per target the table shows inputs run,
 inputs/s, coverage (libFuzzer's `cov:` edges and `ft:` features, criproxy's
 modules instrumented) and when it last grew (about: inputs so far over the rate
 so far), corpus size, crashes. Exits non-zero on a crash. A target
