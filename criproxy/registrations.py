@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from criproxy.settings import Config, ConfigError, HandlerRoute, Runtime, validate_runtime_name
+from criproxy.settings import (Config, ConfigError, HandlerRoute, Runtime, sharing_ids,
+                               validate_runtime_name)
 
 SOCKET_SUFFIX = ".sock"
 EXTRA_SUFFIX = ".json"
@@ -94,7 +95,7 @@ def scan(directory: Path, taken_names: set[str], taken_handlers: set[str]) -> Sc
         if not entry.endswith(SOCKET_SUFFIX):
             continue
         try:
-            found = _registration(directory, entry, taken_names)
+            found = _registration(directory, entry, taken_names | set(registered))
             _check_handlers(found, taken_handlers, registered.values())
             registered[found.name] = found
         except ConfigError as err:
@@ -107,6 +108,11 @@ def _registration(directory: Path, entry: str, taken_names: set[str]) -> Registr
     validate_runtime_name(f"{directory}/{entry}", name)
     if name in taken_names:
         raise ConfigError(f"runtime name {name!r} is taken by -connect")
+    shorter = name[:-1]
+    clash = sharing_ids(name, taken_names) or (shorter if shorter and name.endswith("_") and
+                                               shorter in taken_names else None)
+    if clash:
+        raise ConfigError(f"runtime name {name!r} would share ids with runtime {clash!r}")
     path = directory / entry
     _check_socket(path)
     return Registration(name, str(path), _read_handlers(directory / (name + EXTRA_SUFFIX), name))

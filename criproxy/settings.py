@@ -80,7 +80,17 @@ def parse_connect(value: str) -> tuple[Runtime, ...]:
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(f"-connect: runtime name {name!r} is given more than once")
+        other = sharing_ids(name, set(names))
+        if other:
+            raise ConfigError(f"-connect: runtime names {name!r} and {other!r} cannot both be "
+                              f"used: id {name}___ID would be either's")
     return tuple(runtimes)
+
+
+def sharing_ids(name: str, others: set[str]) -> str | None:
+    """The runtime among `others` whose ids would look like `name`'s: `x` shows id
+    `_y` as `x___y`, and `x_` shows id `y` the same way."""
+    return name + "_" if name and name + "_" in others else None
 
 
 def _parse_entry(entry: str, first: bool) -> Runtime:

@@ -146,3 +146,17 @@ def test_a_damaged_published_list_is_a_clear_error(tmp_path: Path, body: str) ->
 
 def test_no_published_list_is_no_registration(tmp_path: Path) -> None:
     assert published_registrations(tmp_path) == {}
+
+
+@pytest.mark.parametrize("entry,taken", [("x_.sock", "x"), ("x.sock", "x_")])
+def test_names_that_would_share_ids_are_refused(rdir: Path, entry: str, taken: str) -> None:
+    """`x` shows id `_y` as `x___y`, `x_` shows id `y` so too (found by fuzz/)."""
+    (rdir / entry).write_text("")
+    registered, refused = look(rdir, names={"", taken})
+    assert not registered and f"would share ids with runtime {taken!r}" in refused[entry]
+
+
+def test_registrations_that_would_share_ids_take_the_first(rdir: Path) -> None:
+    with listening(rdir / "x.sock"), listening(rdir / "x_.sock"):
+        registered, refused = look(rdir)
+    assert list(registered) == ["x"] and "share ids" in refused["x_.sock"]

@@ -138,3 +138,9 @@ def test_a_settings_file_that_is_not_an_object_is_a_config_error(tmp_path, body:
     (tmp_path / "settings.json").write_text(body)
     with pytest.raises(ConfigError, match="want a JSON object"):
         load_settings_file(str(tmp_path / "settings.json"))
+
+
+def test_runtime_names_that_would_share_ids_are_refused() -> None:
+    from criproxy.settings import ConfigError, parse_connect
+    with pytest.raises(ConfigError, match="'x' and 'x_' cannot both be used"):
+        parse_connect("/p.sock,x_:/b.sock,x:/a.sock")
