@@ -193,6 +193,9 @@ def test_a_record_file_of_another_socket_or_too_old_is_not_used(tmp_path: Path) 
     assert listed_pods(make_record(tmp_path)) is None
     recordfile.save(path, "/a.sock", {"ListPodSandbox": (pods_answer(), time.time() - 600)})
     assert listed_pods(make_record(tmp_path)) is None
+    # Dated in the future (found by fuzz/): it would stand in for -staleFor past that.
+    recordfile.save(path, "/a.sock", {"ListPodSandbox": (pods_answer(), time.time() + 3600)})
+    assert listed_pods(make_record(tmp_path)) is None
     path.write_bytes(b"\x00garbage")
     assert listed_pods(make_record(tmp_path)) is None
 

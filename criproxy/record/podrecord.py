@@ -35,6 +35,8 @@ log = logging.getLogger("criproxy.front")
 SANDBOXES, CONTAINERS = "ListPodSandbox", "ListContainers"
 LISTS = (SANDBOXES, CONTAINERS)
 _WRITE_EVERY = 1.0
+# A record file dated later than now by more than this is not believed.
+_CLOCK_SLACK = 5.0
 # kubelet's changes kept per runtime between two of its fresh answers (about 5
 # per pod's life: the churn of hundreds of pods while its Lists do not answer).
 MAX_CHANGES = 2000
@@ -263,6 +265,12 @@ class PodRecord:
         now = time.time()
         for method, (raw, taken) in recordfile.load(path, record.runtime.socket).items():
             if method in LISTS and now - taken <= self.config.stale_for:
+                if taken > now + _CLOCK_SLACK:
+                    # Served as fresh until -staleFor after that time: maybe for ever.
+                    log.warning("ignoring runtime %s's last %s answer in %s: it is dated "
+                                "%.0fs in the future", record.runtime.label, method, path,
+                                taken - now)
+                    continue
                 if not _decodes(method, raw):
                     log.warning("ignoring runtime %s's last %s answer in %s: it does not "
                                 "decode", record.runtime.label, method, path)
