@@ -19,7 +19,10 @@ Front → worker:
                                   metadata (see tracecontext.py).
   stream  {t, id, m, b, d, [tc]}  same, for a server-streaming call.
   cancel  {t, id}           the caller went away; cancel that call/stream.
-  ping    {t}               heartbeat, sent every `-heartbeat` seconds.
+  ping    {t}               heartbeat: at once on a new connection, then every
+                            `-heartbeat` seconds while calls to the worker wait
+                            (or it has not answered since it connected), else
+                            one per `-idleProbe` (front/workerlink.py).
 
 Worker → front (every one carries `inc`, the worker's incarnation: a random
 id chosen at process start, so the front notices a restarted worker):
@@ -29,13 +32,16 @@ id chosen at process start, so the front notices a restarted worker):
                                   unchanged, never collapsed into UNKNOWN.
   item    {t, id, inc, b}         one message of a stream.
   end     {t, id, inc}            a stream finished normally.
-  pong    {t, inc, pid, up, st, r, v}  heartbeat answer: worker pid, seconds since
-                                  the worker started, runtime state (a
-                                  RuntimeState value), reason of the last state
-                                  change, CRI version the runtime speaks.
+  pong    {t, inc, pid, up, st, r, v}  heartbeat answer, and sent unasked to the
+                                  front that last pinged whenever the runtime's
+                                  state changes: worker pid, seconds since the
+                                  worker started, runtime state (a RuntimeState
+                                  value), reason of the last state change, CRI
+                                  version the runtime speaks.
 
 Liveness: the front counts a worker down when its ipc connection drops (ZeroMQ
-socket monitor) or when nothing arrived for `-workerTimeout` seconds. Either
+socket monitor) or when a ping went unanswered for `-workerTimeout` seconds (any
+frame from the worker answers it). Either
 way every call in flight to it fails at once with UNAVAILABLE; replies that
 arrive later match no pending id and are dropped. Pongs are answered from the
 worker's event loop, which never blocks on the runtime (all runtime calls are
