@@ -247,7 +247,7 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0,
     while time.monotonic() < deadline:
         try:
             last = check()
-        except grpc.RpcError as err:
+        except (grpc.RpcError, OSError, ValueError) as err:  # not there yet
             last = err
         else:
             if last:

@@ -13,6 +13,7 @@ its socket at -runtimesDir/NAME.sock, its RuntimeClass handlers in NAME.json bes
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from typing import Callable
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
-from tests.e2e_node import Cri
+from tests.e2e_node import Cri, wait_for
 from tests.harness import REPO, Proxy, runtimes_script, start_proxy
 from tests.kubepod import KubePod, load_daemonset
 
@@ -51,20 +52,9 @@ def timed(call: Callable[[], object]) -> tuple[float, grpc.RpcError | None]:
     return time.monotonic() - start, None
 
 
-def wait_until(what: str, check: Callable[[], object], timeout: float = 30.0,
-               interval: float = 0.05) -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (grpc.RpcError, OSError, ValueError) as err:
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
+# The e2e node's wait, with the patience a containerd starting in a fresh
+# container needs.
+wait_until = functools.partial(wait_for, timeout=30.0, interval=0.05)
 
 
 @dataclass

@@ -77,22 +77,6 @@ def relative_base(runtime: str) -> str:
     return ALT_URL_BASE if runtime == "alt" else STREAM_URL
 
 
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
-
-
 def raw_of(entry: dict) -> bytes:
     return base64.b64decode(entry["raw_b64"])
 

@@ -16,10 +16,11 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from google.protobuf.message import Message
 
+from fuzz.builder import length_delimited
 from tests.conftest import Cluster
 from tests.routing_util import (BUSYBOX, NAMED, RUNTIMES, TARGET, UNKNOWN_FIELD, Kubelet,
-                                Marks, bare_id, digest_of, id_of, image_of, length_delimited,
-                                raw_of, relative_base, unique)
+                                Marks, bare_id, digest_of, id_of, image_of, raw_of,
+                                relative_base, unique)
 
 RUNTIME_SERVICE = "/runtime.v1.RuntimeService/"
 
