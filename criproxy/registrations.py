@@ -91,7 +91,11 @@ def scan(directory: Path, taken_names: set[str], taken_handlers: set[str]) -> Sc
         return Scan({}, [], problem)
     registered: dict[str, Registration] = {}
     refused: list[Refusal] = []
-    for entry in sorted(os.listdir(directory)):
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError as err:
+        return Scan({}, [], f"cannot read runtimes dir {directory}: {err.strerror}")
+    for entry in entries:
         if not entry.endswith(SOCKET_SUFFIX):
             continue
         try:

@@ -241,3 +241,18 @@ def test_a_new_runtime_down_before_its_first_list_keeps_its_pods_listed(node: Cl
     # The front's lines reach the log through supervisord's relay, a moment later.
     wait_until(lambda: "changes made through criproxy" in node.proxy.log(), 10,
                "the log line saying where its pods came from")
+
+
+def test_a_registrar_that_cannot_publish_keeps_criproxy_up(node: Cluster) -> None:
+    """It runs in supervisord's own loop: an error there must not end supervisord."""
+    blocker = node.proxy.rundir / "registered.json.tmp"
+    blocker.mkdir()  # publishing writes this file first: now it cannot
+    register(node, "vm.cloud")
+    wait_until(lambda: "cannot act on" in node.proxy.log(), 10, "the failure logged")
+    kubelet = Kubelet(node)
+    kubelet.rt.Version(cri.VersionRequest(), timeout=5)
+    time.sleep(6)  # a tick of supervisord's with a runtime that is not published
+    assert node.proxy.proc.poll() is None
+    blocker.rmdir()
+    (node.proxy.runtimes_dir / "nudge").write_text("")  # any change: a look again
+    routed(kubelet, "vm.cloud")

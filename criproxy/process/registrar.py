@@ -20,7 +20,6 @@ directory was removed.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -118,23 +117,31 @@ class Registrar(EventPlugin):
             self._dispatcher = None
 
     def needs_tick(self) -> bool:
-        """The same test as _on_tick's (see wakeup.py)."""
+        """Only a runtime that may leave, a program still stopping, or a watch to
+        make again needs a look on the tick; every other change comes as an inotify
+        event (wakeup.py keeps supervisord's clock for those)."""
         return self._dispatcher is None or bool(self._leaving) or \
             any(r.missing_since is not None for r in self.known.values())
 
     def _on_tick(self, _event: Any) -> None:
-        """Only a runtime that may leave, a program still stopping, or a watch to
-        make again needs a look; every other change comes as an inotify event."""
+        if not self.needs_tick():
+            return
         if self._dispatcher is None:
             self.watch()
-            self.look()
-        elif self._leaving or any(r.missing_since is not None for r in self.known.values()):
-            self.look()
+        self.look()
 
     # --- deciding -------------------------------------------------------------
 
     def look(self) -> None:
-        """Scan, decide who joins, stays or leaves, act on it, publish it."""
+        """Scan, decide, act, publish; whatever goes wrong is logged, and looked at
+        again on the next change or tick: it runs in supervisord's own loop, which
+        an exception would end, and every program with it."""
+        try:
+            self._look()
+        except Exception as err:  # noqa: BLE001 - see above
+            self.log(f"cannot act on {self.directory} now: {type(err).__name__}: {err}")
+
+    def _look(self) -> None:
         found = registrations.scan(self.directory, self._taken_names, self._taken_handlers)
         self._set_problem(found.problem or self._watch_problem)
         self._note_refusals(found.refused)
