@@ -157,14 +157,15 @@ class Dispatcher(ListFanOut, EventStreams):
         """Turn a runtime's answer into what kubelet sees. `whole`: decode it in full
         first, the primary's too, for an answer merged with other runtimes' (one
         undecodable part makes the whole merged answer undecodable) or shown for
-        them (a filtered List, an event)."""
-        if whole:
-            self._decode_answer(runtime, method, method.response, answer)
+        them (a filtered List, an event). Decoded once: in full, or, when only
+        prefixing is to do, just the fields it touches (see slim.py)."""
+        full = whole or method.route.stream_url
         if runtime == PRIMARY and not method.route.stream_url:
+            if whole:
+                self._decode_answer(runtime, method, method.response, answer)
             return answer
-        # Only prefixing to do: decode just the fields it touches (see slim.py).
-        response = self._decode_answer(runtime, method, method.response if method.route.stream_url
-                                       else slim_class(method.response), answer)
+        response = self._decode_answer(
+            runtime, method, method.response if full else slim_class(method.response), answer)
         add_prefixes(response, runtime)
         if method.route.stream_url:
             try:

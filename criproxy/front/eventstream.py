@@ -68,7 +68,6 @@ class EventStreams:
                             method.name, link.label, err)
             await asyncio.sleep(_RESUBSCRIBE_DELAY)
 
-
     def _shown_event(self, runtime: str, method: Method, item: bytes) -> bytes | None:
         """An event as kubelet sees it; one that does not decode is dropped (and
         counted), not the runtime's stream with it."""
@@ -77,7 +76,6 @@ class EventStreams:
         except BadAnswer as bad:
             log.warning("%s: dropping an event: %s", method.name, bad.message)
             return None
-
 
     def _end_merged_streams(self, why: str) -> None:
         """An event stream follows the runtimes there were when it began: end it, so
