@@ -112,9 +112,7 @@ def _registration(directory: Path, entry: str, taken_names: set[str]) -> Registr
     validate_runtime_name(f"{directory}/{entry}", name)
     if name in taken_names:
         raise ConfigError(f"runtime name {name!r} is taken by -connect")
-    shorter = name[:-1]
-    clash = sharing_ids(name, taken_names) or (shorter if shorter and name.endswith("_") and
-                                               shorter in taken_names else None)
+    clash = sharing_ids(name, taken_names)
     if clash:
         raise ConfigError(f"runtime name {name!r} would share ids with runtime {clash!r}")
     path = directory / entry

@@ -82,15 +82,19 @@ def parse_connect(value: str) -> tuple[Runtime, ...]:
             raise ConfigError(f"-connect: runtime name {name!r} is given more than once")
         other = sharing_ids(name, set(names))
         if other:
-            raise ConfigError(f"-connect: runtime names {name!r} and {other!r} cannot both be "
-                              f"used: id {name}___ID would be either's")
+            short = min(name, other, key=len)
+            raise ConfigError(f"-connect: runtime names {short!r} and {short + '_'!r} cannot "
+                              f"both be used: id {short}___ID would be either's")
     return tuple(runtimes)
 
 
 def sharing_ids(name: str, others: set[str]) -> str | None:
     """The runtime among `others` whose ids would look like `name`'s: `x` shows id
     `_y` as `x___y`, and `x_` shows id `y` the same way."""
-    return name + "_" if name and name + "_" in others else None
+    for other in (name + "_", name[:-1] if name.endswith("_") else ""):
+        if name and other and other in others:
+            return other
+    return None
 
 
 def _parse_entry(entry: str, first: bool) -> Runtime:

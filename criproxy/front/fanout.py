@@ -51,7 +51,7 @@ class ListFanOut:
         """The runtime's answer within its budget; a runtime that missed it once is
         not waited for again (slowlists.py): its last answer stands in at once."""
         if self.slow_lists.is_slow(runtime):
-            self.slow_lists.ask_again(runtime, lambda: self._ask_aside(
+            self.slow_lists.ask_again(runtime, link.label, lambda: self._ask_aside(
                 runtime, method, request, raw, sent_seq))
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"runtime {link.label} did not answer a List within -listBudget; "

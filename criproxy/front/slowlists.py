@@ -34,19 +34,20 @@ class SlowLists:
                         label, method, budget)
             self._asking[runtime] = None
 
-    def ask_again(self, runtime: str, ask: Callable[[], Awaitable[bool]]) -> None:
+    def ask_again(self, runtime: str, label: str, ask: Callable[[], Awaitable[bool]]) -> None:
         """Send one List aside, unless one is on its way; `ask` says if it answered."""
         if self._asking.get(runtime, False) is None:
-            task = asyncio.get_running_loop().create_task(self._asked(runtime, ask))
+            task = asyncio.get_running_loop().create_task(self._asked(runtime, label, ask))
             self._asking[runtime] = task
 
-    async def _asked(self, runtime: str, ask: Callable[[], Awaitable[bool]]) -> None:
+    async def _asked(self, runtime: str, label: str,
+                     ask: Callable[[], Awaitable[bool]]) -> None:
         answered = await ask()
         if runtime not in self._asking:
             return
         if answered:
             del self._asking[runtime]
-            log.info("runtime %s answers Lists again", runtime or "primary")
+            log.info("runtime %s answers Lists again", label)
         else:
             self._asking[runtime] = None  # the next List asks again
 

@@ -62,9 +62,8 @@ def format_status(status: dict[str, Any], now: float) -> str:
              f"{'RUNTIME':<16} {'STATE':<11} {'PID':>7} {'RESTARTS':>8} {'CRI':<4} "
              f"{'LISTS':<22} {'SOCKET':<36} LAST ERROR"]
     for r in status["runtimes"]:
-        r = {**r, "now": now, "status_time": status["time"]}  # ages grew since it was written
         lines.append(f"{r['label']:<16} {r['state']:<11} {str(r['worker_pid'] or '-'):>7} "
-                     f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r):<22} "
+                     f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r, now - status['time']):<22} "
                      f"{r['socket']:<36} {r['last_error'] or '-'}")
         if r.get("bad_answers"):
             lines.append(f"{'':<16} misbehaving: {r['bad_answers']} answers that do not "
@@ -77,11 +76,12 @@ def format_status(status: dict[str, Any], now: float) -> str:
     return "\n".join(lines)
 
 
-def _lists(runtime: dict[str, Any]) -> str:
-    """Where the runtime's part of List answers comes from now."""
+def _lists(runtime: dict[str, Any], since_written: float) -> str:
+    """Where the runtime's part of List answers comes from now (its last answer has
+    aged since the status was written)."""
     age = runtime.get("last_answer_age")
-    if age is not None and "now" in runtime:
-        age += runtime["now"] - runtime["status_time"]
+    if age is not None:
+        age += since_written
     if runtime.get("lists_left_out"):
         return "left out"
     if runtime.get("serving_last_answer") and age is not None:
