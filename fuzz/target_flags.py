@@ -26,6 +26,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from typing import Any, Callable
 from pathlib import Path
 
 from criproxy import registrations
@@ -33,6 +34,10 @@ from criproxy.settings import (SETTINGS, ConfigError, config_from_values, connec
                                handlers_string, parse_connect, parse_handlers, to_values,
                                validate_runtime_name)
 from fuzz import harness
+
+# Every setting that is a number of seconds (they share one parser).
+_SECONDS = next(s.parse for s in SETTINGS if s.name == "heartbeat")
+DURATIONS = tuple(s.name for s in SETTINGS if s.parse is _SECONDS)
 from fuzz.provider import Provider
 
 PIECES = ("/run/containerd/containerd.sock", "unix://", "unix:///run/x.sock", "alt", "vm.cloud",
@@ -129,14 +134,17 @@ def check_connect(value: str) -> None:
     assert names[0] == "" and all(names[1:]) and len(set(names)) == len(names), names
     for name in names[1:]:
         assert NAME_RE.match(name) and "__" not in name, name
-    written = connect_string(runtimes)
+    again = read_back(f"-connect {value!r}", connect_string(runtimes), parse_connect)
+    assert again == runtimes, f"-connect {value!r} reads back as {again}, not {runtimes}"
+
+
+def read_back(what: str, written: Any, parse: Callable[[Any], Any]) -> Any:
+    """What `written` (a value as criproxy writes it down) parses as; it must parse."""
     try:
-        again = parse_connect(written)
+        return parse(written)
     except ConfigError as err:
-        raise AssertionError(f"-connect {value!r} is written back as {written!r}, "
-                             f"which does not parse: {err}") from None
-    assert again == runtimes, f"-connect {value!r} is written back as {written!r}, " \
-        f"which parses as {again}, not {runtimes}"
+        raise AssertionError(f"{what:.300} is written back as {written!r:.300}, which does "
+                             f"not read back: {err}") from None
 
 
 def check_handlers(value: str) -> None:
@@ -153,16 +161,11 @@ def check_config(raw: dict[str, object]) -> None:
         config = config_from_values(raw)
     except ConfigError:
         return
-    for name in ("list_budget", "stale_for", "start_wait", "heartbeat", "worker_timeout",
-                 "drain"):
+    for name in DURATIONS:
         seconds = getattr(config, name)
         assert math.isfinite(seconds) and seconds > 0, f"{name} {seconds} accepted"
     written = to_values(config)
-    try:
-        again = config_from_values(written)
-    except ConfigError as err:
-        raise AssertionError(f"{raw!r:.300} is written back as {written!r:.300}, which does "
-                             f"not load: {err}") from None
+    again = read_back(repr(raw), written, config_from_values)
     if not any(isinstance(v, float) and math.isnan(v) for v in vars(config).values()):
         assert again == config, (raw, written)
 
