@@ -23,16 +23,16 @@ test: venv
 	if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 bench: venv
-	$(VPY) bench/run.py
+	$(VPY) bench/suite/run.py
 
 # Pod churn with a fault a minute against real containerd (root): nothing lost, leaked or grown.
 SOAK_MINUTES ?= 10
 soak: venv
-	SOAK_MINUTES=$(SOAK_MINUTES) $(VPY) bench/soak.py
+	SOAK_MINUTES=$(SOAK_MINUTES) $(VPY) bench/soak/run.py
 
 # How long kubelet's calls fail across criproxy restarts, under a real systemd (root).
 bench-restart: venv
-	$(VPY) bench/restart.py
+	$(VPY) bench/node/restart.py
 
 # Every fuzz target under atheris, FUZZ_SECONDS each (fuzz/run.py): inputs run, inputs/s,
 # coverage, corpus size, crashes; fails on a crash.

@@ -1,5 +1,5 @@
 """A node whose second runtime runs in a pod: the parts of tests/test_e2e_runtime_in_pod.py
-(and bench/registration.py) that are not checks.
+(and bench/node/registration.py) that are not checks.
 
 The primary is scripts/runtimes.py's containerd A. The nested runtime's image
 (scripts/nestedimage.py) is imported into it; its pod comes from

@@ -2,8 +2,8 @@
 """The floor of criproxy's architecture: what a proxy with the same parts but no
 logic costs, measured beside direct calls and criproxy in one run.
 
-    .venv/bin/python bench/floor.py [--seconds 5] [--clients 1,16] [--rounds 3]
-                                    [--baseline DIR] [--spans]
+    .venv/bin/python bench/calls/floor.py [--seconds 5] [--clients 1,16] [--rounds 3]
+                                          [--baseline DIR] [--spans]
 
 Each figure is the median of interleaved rounds (direct, bare, criproxy, ...).
 
@@ -39,9 +39,7 @@ import grpc.aio
 import msgpack
 import zmq
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from criproxy.wire.zmqloop import LoopSocket  # noqa: E402
 
@@ -113,14 +111,13 @@ def measure(where: str, pids: dict[str, int], clients: int, seconds: float) -> d
     """calls/s, p50 and the CPU us per call of each process in `pids`."""
     # Imported here, not at the top: the bare front and worker run this file too,
     # and should carry no more than a minimal proxy would.
-    import procstat
-    import rig
+    from bench.common import procstat, rig
     from cri_api.v1 import api_pb2 as pb
 
     request = pb.VersionRequest(version="0.1.0")
     spec = {"groups": [[rig.job("x", where, "Version", request, seconds, concurrency=clients)]],
             "rounds": 1, "warmup": 100}
-    load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
+    load = subprocess.Popen([sys.executable, str(rig.COMMON / "loadgen.py")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     time.sleep(0.8)  # its imports
     before = {role: procstat.cpu_seconds(pid) for role, pid in pids.items()}
@@ -161,8 +158,8 @@ def _proxies(bench: Any, runtime: str, args: argparse.Namespace,
 
 
 def main() -> None:
-    import rig
-    import run
+    from bench.common import rig
+    from bench.suite import run
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)

@@ -19,8 +19,8 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-from soak_node import ALT, HANDLER
-from soak_state import NAMESPACE, UID_LABEL, CallStats, SoakPod
+from bench.soak.node import ALT, HANDLER
+from bench.soak.state import NAMESPACE, UID_LABEL, CallStats, SoakPod
 
 TARGET_RUNTIME = "kubernetes.io/target-runtime"
 BUSYBOX = "docker.io/library/busybox:latest"

@@ -6,10 +6,10 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
-import procstat
-from populate import Pod, populate
-from report import judge
-from rig import ALT, Bench, job, loadgen, target
+from bench.common import procstat
+from bench.common.populate import Pod, populate
+from bench.common.rig import ALT, Bench, job, loadgen, target
+from bench.suite.report import judge
 
 
 def prefixed(runtime: str, object_id: str) -> str:

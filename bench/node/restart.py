@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long kubelet's calls fail while criproxy restarts, under a real systemd.
 
-    .venv/bin/python bench/restart.py [--rounds 5] [--json FILE]     (make bench-restart)
+    .venv/bin/python bench/node/restart.py [--rounds 5] [--json FILE]     (make bench-restart)
 
 Boots Debian's systemd as PID 1 in a container (tests/nspawn.py), installs the
 built package there as an operator does (dpkg -i, criproxy install-systemd,
@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 from cri_api.v1 import api_pb2_grpc as rpc  # noqa: E402
 

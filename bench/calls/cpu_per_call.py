@@ -2,7 +2,7 @@
 """CPU time each process spends per call, direct and proxied: a figure that,
 unlike latency, hardly moves when other work shares the machine.
 
-    .venv/bin/python bench/cpu_per_call.py [--clients 1] [--seconds 5] [--call PodSandboxStatus]
+    .venv/bin/python bench/calls/cpu_per_call.py [--clients 1] [--seconds 5] [--call PodSandboxStatus]
 """
 from __future__ import annotations
 
@@ -13,14 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import populate  # noqa: E402
-import procstat  # noqa: E402
-import rig  # noqa: E402
-import run  # noqa: E402
+from bench.common import populate, procstat, rig  # noqa: E402
+from bench.suite import run  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 
 
@@ -28,7 +24,7 @@ def measure(bench: rig.Bench, fake, proxy, where: str, request, call: str, clien
             seconds: float, named: bool = False) -> dict:
     spec = {"groups": [[rig.job("x", where, call, request, seconds, concurrency=clients)]],
             "rounds": 1, "warmup": 50}
-    load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
+    load = subprocess.Popen([sys.executable, str(rig.COMMON / "loadgen.py")], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     time.sleep(0.8)  # its imports
     before = procstat.TreeSample(proxy.proc.pid)

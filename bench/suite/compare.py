@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare benchmark runs: every target's value, and the main figures, side by side.
 
-    .venv/bin/python bench/compare.py bench/results/A.json bench/results/B.json [...]
+    .venv/bin/python bench/suite/compare.py bench/results/A.json bench/results/B.json [...]
 """
 from __future__ import annotations
 

@@ -23,9 +23,9 @@ import random
 import signal
 import time
 
-from soak_calls import Calls
-from soak_node import ALT, Node
-from soak_state import wall
+from bench.soak.calls import Calls
+from bench.soak.node import ALT, Node
+from bench.soak.state import wall
 
 KINDS = ("worker-kill", "front-kill", "runtime-freeze", "runtime-restart",
          "criproxy-restart", "call-cancel")

@@ -2,17 +2,17 @@
 """Soak: pod churn through criproxy for minutes, with a fault every minute (issue 21).
 
     make soak                                   # SOAK_MINUTES=10 by default
-    SOAK_MINUTES=60 .venv/bin/python bench/soak.py
-    .venv/bin/python bench/soak.py --minutes 2 --fault-every 20 --keep
+    SOAK_MINUTES=60 .venv/bin/python bench/soak/run.py
+    .venv/bin/python bench/soak/run.py --minutes 2 --fault-every 20 --keep
 
 Two real containerd runtimes (scripts/runtimes.py) behind criproxy: the primary, and
 `alt.soak`, reached by annotation and by the RuntimeClass handler `althandler`. A
-kubelet-like client (soak_client.py, soak_calls.py) churns pods with a running
-container on both, relisting every second as kubelet's PLEG (soak_pleg.py); a fault
-strikes every minute in turn (soak_faults.py); criproxy's resources are sampled
-(soak_watch.py). At the end the client deletes every pod, each runtime is asked
+kubelet-like client (client.py, calls.py) churns pods with a running
+container on both, relisting every second as kubelet's PLEG (pleg.py); a fault
+strikes every minute in turn (faults.py); criproxy's resources are sampled
+(watch.py). At the end the client deletes every pod, each runtime is asked
 directly what it still holds, and the verdict is printed and written to
-bench/results/soak-<timestamp>.json (soak_report.py). Exit code 1 if a check fails,
+bench/results/soak-<timestamp>.json (report.py). Exit code 1 if a check fails,
 2 if the run could not be made. Needs root. Everything it starts is stopped at the
 end, whatever happens (and a run longer than its budget is cut short).
 """
@@ -28,17 +28,18 @@ import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH.parent))
 
-from soak_calls import Calls  # noqa: E402
-from soak_client import Churn  # noqa: E402
-from soak_faults import KINDS, Faults  # noqa: E402
-from soak_node import Node  # noqa: E402
-from soak_pleg import Pleg  # noqa: E402
-from soak_report import LIFECYCLE_SHARE, checks, evidence, relist_figures, table, write_json  # noqa: E402
-from soak_state import Expect  # noqa: E402
-from soak_watch import Watch, growth  # noqa: E402
+from bench.soak.calls import Calls  # noqa: E402
+from bench.soak.client import Churn  # noqa: E402
+from bench.soak.faults import KINDS, Faults  # noqa: E402
+from bench.soak.node import Node  # noqa: E402
+from bench.soak.pleg import Pleg  # noqa: E402
+from bench.soak.report import (LIFECYCLE_SHARE, checks, evidence, relist_figures, table,  # noqa: E402
+                               write_json)
+from bench.soak.state import Expect  # noqa: E402
+from bench.soak.watch import Watch, growth  # noqa: E402
 from tests.harness import short_dir  # noqa: E402
 
 REMOVE_ALL_WITHIN = 180.0   # seconds for the client to delete every pod at the end

@@ -1,6 +1,6 @@
 """The benchmark's fake runtime: tests/fakeruntime.py with its journal turned off.
 
-    python bench/fake.py --socket PATH --journal IGNORED --name NAME [fakeruntime flags]
+    python bench/common/fake.py --socket PATH --journal IGNORED --name NAME [fakeruntime flags]
 
 The tests' fake writes a JSON line (and flushes it) for every call it gets, so
 that tests can check what reached the runtime. A benchmark has no use for it,
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests import fakeruntime  # noqa: E402
 

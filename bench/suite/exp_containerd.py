@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from exp_calls import alternate_rows, list_jobs, pairs, unary_jobs
-from populate import populate
-from report import judge
-from rig import CD_ALT, REPO, Bench, loadgen, target
+from bench.common.populate import populate
+from bench.common.rig import CD_ALT, REPO, Bench, loadgen, target
+from bench.suite.exp_calls import alternate_rows, list_jobs, pairs, unary_jobs
+from bench.suite.report import judge
 
 
 def load_runtimes_module() -> Any:

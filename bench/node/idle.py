@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Idle CPU of criproxy (two fake runtimes, no calls) for several -heartbeat values.
 
-    .venv/bin/python bench/idle.py [--seconds 30] [--heartbeats 0.25,0.5,1,2]
+    .venv/bin/python bench/node/idle.py [--seconds 30] [--heartbeats 0.25,0.5,1,2]
 
 -workerTimeout is kept at 3 heartbeats (at least 1 s) for each.
 """
@@ -12,13 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import procstat  # noqa: E402
-import rig  # noqa: E402
-import run  # noqa: E402
+from bench.common import procstat, rig  # noqa: E402
+from bench.suite import run  # noqa: E402
 
 
 def main() -> None:

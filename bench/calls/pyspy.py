@@ -2,9 +2,9 @@
 """Profile criproxy's front and workers with py-spy under one of the benchmark's loads.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/pyspy.py SCENARIO [--seconds 20] [--native] [--top 25]
+    .venv/bin/python bench/calls/pyspy.py SCENARIO [--seconds 20] [--native] [--top 25]
 
-Scenarios (fake runtimes, as in bench/run.py):
+Scenarios (fake runtimes, as in bench/suite/run.py):
   unary   PodSandboxStatus to the primary, 16 concurrent clients
   serial  Version to the primary, one client, call after call
   named   ListContainers of 1000 containers of a named runtime, one client
@@ -26,14 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH.parent))
 
-import populate  # noqa: E402
-import procstat  # noqa: E402
-import rig  # noqa: E402
-import run  # noqa: E402
+from bench.common import populate, procstat, rig  # noqa: E402
+from bench.suite import run  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -74,13 +71,13 @@ def scenario(bench: rig.Bench, name: str, seconds: float) -> tuple[object, subpr
         populate.populate(b.socket, 55, 3, first=55)
         proxy = bench.proxy("p", f"{a.socket},{rig.ALT}:{b.socket}", ["primary", rig.ALT])
         return proxy, subprocess.Popen(
-            [sys.executable, str(BENCH / "kubelet.py"), "--target", rig.target(proxy.listen),
+            [sys.executable, str(rig.COMMON / "kubelet.py"), "--target", rig.target(proxy.listen),
              "--seconds", str(seconds + 5)], stdout=subprocess.DEVNULL)
     else:
         raise SystemExit(f"unknown scenario {name}")
     if not jobs:
         return proxy, subprocess.Popen(["sleep", str(seconds + 5)])
-    load = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py")], stdin=subprocess.PIPE,
+    load = subprocess.Popen([sys.executable, str(rig.COMMON / "loadgen.py")], stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     import json
     assert load.stdin is not None

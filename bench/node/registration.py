@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A runtime in a pod, timed (issue 24): registration, a kill -9 of its pod, relists.
 
-    .venv/bin/python bench/registration.py [--rounds 10] [--json FILE]
+    .venv/bin/python bench/node/registration.py [--rounds 10] [--json FILE]
 
 Root only. The node of tests/test_e2e_runtime_in_pod.py (tests/nested_runtime.py): the
 primary containerd, criproxy in front of it, the DaemonSet's pod of
@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import grpc  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """criproxy benchmark: every figure direct-to-runtime and through criproxy, in one run.
 
-    .venv/bin/python bench/run.py                 # everything (`make bench`), ~6 min
-    .venv/bin/python bench/run.py --quick         # shorter durations, ~2 min
-    .venv/bin/python bench/run.py --only latency,node --no-containerd
+    .venv/bin/python bench/suite/run.py                 # everything (`make bench`), ~6 min
+    .venv/bin/python bench/suite/run.py --quick         # shorter durations, ~2 min
+    .venv/bin/python bench/suite/run.py --only latency,node --no-containerd
 
 Prints the tables and PASS/MISS per target on stdout and writes the same as
 JSON to bench/results/<timestamp>.json (and the text to .txt). bench/README.md
@@ -25,16 +25,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # criproxy, tests, cri_api
-sys.path.insert(0, str(Path(__file__).resolve().parent))         # bench's own modules
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench, criproxy, tests
 
 import grpc  # noqa: E402
 
-from exp_calls import exp_alternate, exp_fanout, exp_latency_fake, exp_throughput  # noqa: E402
-from exp_containerd import exp_containerd  # noqa: E402
-from exp_node import exp_isolation, exp_node  # noqa: E402
-from report import report  # noqa: E402
-from rig import BENCH, REPO, Bench  # noqa: E402
+from bench.common.rig import BENCH, REPO, Bench  # noqa: E402
+from bench.suite.exp_calls import (exp_alternate, exp_fanout, exp_latency_fake,  # noqa: E402
+                                   exp_throughput)
+from bench.suite.exp_containerd import exp_containerd  # noqa: E402
+from bench.suite.exp_node import exp_isolation, exp_node  # noqa: E402
+from bench.suite.report import report  # noqa: E402
 from tests.harness import short_dir  # noqa: E402
 
 EXPERIMENTS = ("latency", "throughput", "alternate", "fanout", "node", "isolation")

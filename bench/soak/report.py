@@ -9,7 +9,7 @@ import re
 import statistics
 from pathlib import Path
 
-from soak_pleg import Relist, failing_stretches
+from bench.soak.pleg import Relist, failing_stretches
 
 MAX_STRETCH = 10.0      # seconds: kubelet's PLEG tolerates 3 min; a fault here costs 1-5 s
 LIFECYCLE_SHARE = 0.95  # of the scheduled pods: each lives 20+ s, so only a pod that could

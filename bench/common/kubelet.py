@@ -1,6 +1,6 @@
 """A replay of the CRI calls kubelet makes for a quiet node, against one socket.
 
-    python bench/kubelet.py --target unix:///path --seconds 60 [--changed 2] > summary.json
+    python bench/common/kubelet.py --target unix:///path --seconds 60 [--changed 2] > summary.json
 
 Every second (kubelet's PLEG relist): ListPodSandbox and ListContainers, no
 filter; then, for `--changed` pods picked at random from that list, what
@@ -31,8 +31,8 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 from cri_api.v1alpha2 import api_pb2_grpc as rpc_v1alpha2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import percentile  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.common.loadgen import percentile  # noqa: E402
 
 UID_LABEL = "io.kubernetes.pod.uid"
 
@@ -96,7 +96,7 @@ class Replay:
 
     async def run(self, seconds: float) -> None:
         tasks = []
-        print("started", flush=True)  # bench/run.py starts its CPU clock here
+        print("started", flush=True)  # bench/suite/run.py starts its CPU clock here
         started = time.monotonic()
         second = 0
         while second < seconds:

@@ -10,7 +10,7 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-from rig import target
+from bench.common.rig import target
 
 UID_LABEL = "io.kubernetes.pod.uid"
 

@@ -4,7 +4,7 @@ criproxy's whole process tree with -runtimesDir off, and with an empty one,
 in interleaved rounds (issue 24: the idle CPU of an empty -runtimesDir must
 not rise).
 
-    .venv/bin/python bench/idle_runtimes_dir.py [--seconds 60] [--rounds 3]
+    .venv/bin/python bench/node/idle_runtimes_dir.py [--seconds 60] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -14,13 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import procstat  # noqa: E402
-import rig  # noqa: E402
-import run  # noqa: E402
+from bench.common import procstat, rig  # noqa: E402
+from bench.suite import run  # noqa: E402
 
 SETUPS = {"-runtimesDir off": ["-runtimesDir", "off"], "empty -runtimesDir": []}
 

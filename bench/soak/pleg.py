@@ -21,8 +21,8 @@ from typing import Callable
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
-from soak_calls import Calls
-from soak_state import NAMESPACE, Expect, wall
+from bench.soak.calls import Calls
+from bench.soak.state import NAMESPACE, Expect, wall
 
 PERIOD = 1.0
 LIST_TIMEOUT = 15.0

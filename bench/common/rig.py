@@ -1,5 +1,5 @@
 """The benchmark's rig: the fake runtimes and proxies a measurement starts (and always
-stops), and the load client's jobs (bench/loadgen.py runs them)."""
+stops), and the load client's jobs (bench/common/loadgen.py runs them)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +18,8 @@ from typing import Any
 from tests.fakeruntime import READY_MESSAGE, FakeRuntime
 from tests.harness import Proxy, start_proxy
 
-BENCH = Path(__file__).resolve().parent
+COMMON = Path(__file__).resolve().parent   # bench/common: fake.py, loadgen.py, kubelet.py
+BENCH = COMMON.parent                      # bench: results/
 REPO = BENCH.parent
 
 RT = "/runtime.v1.RuntimeService/"
@@ -38,11 +39,11 @@ class Bench:
         return seconds * (0.3 if self.args.quick else 1.0)
 
     def fake(self, name: str) -> FakeRuntime:
-        """A fake runtime (bench/fake.py: the tests' fake without its journal)."""
+        """A fake runtime (bench/common/fake.py: the tests' fake without its journal)."""
         socket, log_path = self.base / f"{name}.sock", self.base / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, str(BENCH / "fake.py"), "--socket", str(socket),
+                [sys.executable, str(COMMON / "fake.py"), "--socket", str(socket),
                  "--journal", os.devnull, "--name", name],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         fake = FakeRuntime(name, socket, Path(os.devnull), log_path, proc)
@@ -87,7 +88,7 @@ def target(path: Path | str) -> str:
 
 def loadgen(groups: list[list[dict]], rounds: int = 4, warmup: int = 20) -> dict[str, Any]:
     spec = {"groups": groups, "rounds": rounds, "warmup": warmup}
-    done = subprocess.run([sys.executable, str(BENCH / "loadgen.py")], input=json.dumps(spec),
+    done = subprocess.run([sys.executable, str(COMMON / "loadgen.py")], input=json.dumps(spec),
                           capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed:\n{done.stderr}")

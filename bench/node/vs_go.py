@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """criproxy beside the Go original (issue 26), over the same fake runtimes, in one run.
 
-    .venv/bin/python bench/vs_go.py [--go ../shared/anchors/criproxy-go] [--baseline DIR]
-                                    [--idle-seconds 60] [--replay-seconds 30] [--rounds 2]
-                                    [--call-seconds 24] [--json OUT]
+    .venv/bin/python bench/node/vs_go.py [--go ../shared/anchors/criproxy-go] [--baseline DIR]
+                                         [--idle-seconds 60] [--replay-seconds 30] [--rounds 2]
+                                         [--call-seconds 24] [--json OUT]
 
-Two fake runtimes (bench/fake.py) serve CRI v1 and v1alpha2 (the Go original speaks
+Two fake runtimes (bench/common/fake.py) serve CRI v1 and v1alpha2 (the Go original speaks
 v1alpha2 only), 55 pods of 3 containers each. Every proxy serves both: the primary
 and `alt.cloud`. The proxies: `criproxy` (this tree), `criproxy@base` (--baseline
 DIR, another source tree, e.g. `git archive OLD | tar -x -C DIR`: before/after in
@@ -15,12 +15,12 @@ rest runs).
 - idle: every proxy up at once, no calls, --idle-seconds; CPU from
   /proc/PID/task/*/schedstat (nanoseconds; utime+stime ticks are 10 ms, too coarse
   for 0.05 %), per process; PSS from smaps_rollup at its end.
-- replay: bench/kubelet.py (v1alpha2 names, no ListPodSandboxStats: the Go original
+- replay: bench/common/kubelet.py (v1alpha2 names, no ListPodSandboxStats: the Go original
   has none), --rounds rounds of --replay-seconds per proxy, interleaved (the order
   alternates from round to round); CPU of the proxy's whole tree (utime+stime),
   PSS at the end of the round.
-- calls: Version, one client and 16 clients (bench/loadgen.py, the same client for
-  every target, its jobs alternated in rounds), direct to the primary fake and
+- calls: Version, one client and 16 clients (bench/common/loadgen.py, the same client
+  for every target, its jobs alternated in rounds), direct to the primary fake and
   through each proxy: one-client p50 overhead over direct, 16-client calls/s.
 
 Prints the figures, the ratios to Go's and the issue's targets (benchmark
@@ -39,15 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import procstat  # noqa: E402
-import rig  # noqa: E402
+from bench.common import procstat, rig  # noqa: E402
+from bench.common.populate import populate  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
-from populate import populate  # noqa: E402
 from tests.fakeruntime import READY_MESSAGE, FakeRuntime  # noqa: E402
 from tests.harness import process_tree, short_dir, start_proxy  # noqa: E402
 
@@ -63,7 +60,7 @@ def start_fake(base: Path, name: str) -> FakeRuntime:
     socket, log_path = base / f"{name}.sock", base / f"{name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "fake.py"), "--socket", str(socket), "--journal",
+            [sys.executable, str(rig.COMMON / "fake.py"), "--socket", str(socket), "--journal",
              os.devnull, "--name", name, "--cri-versions", "v1,v1alpha2"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
@@ -203,7 +200,7 @@ def measure_idle(proxies: dict[str, Any], seconds: float,
 def replay_round(proxy: Any, seconds: float) -> dict[str, Any]:
     root = proxy.proc.pid
     replay = subprocess.Popen(
-        [sys.executable, str(BENCH / "kubelet.py"), "--target", rig.target(proxy.listen),
+        [sys.executable, str(rig.COMMON / "kubelet.py"), "--target", rig.target(proxy.listen),
          "--seconds", str(seconds), "--api", "v1alpha2", "--skip", "ListPodSandboxStats"],
         stdout=subprocess.PIPE, text=True)
     assert replay.stdout is not None

@@ -33,10 +33,10 @@ from pathlib import Path
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
-from soak_calls import (Calls, Lost, container_config, handler_of, image_name, pod_config,
-                        uid_filter_containers, uid_filter_pods, with_attempt)
-from soak_node import ALT
-from soak_state import Expect, SoakPod
+from bench.soak.calls import (Calls, Lost, container_config, handler_of, image_name, pod_config,
+                              uid_filter_containers, uid_filter_pods, with_attempt)
+from bench.soak.node import ALT
+from bench.soak.state import Expect, SoakPod
 
 KINDS = ("primary", "annotation", "handler")
 WORKERS = 4

@@ -1,6 +1,6 @@
 """The benchmark's client: grpc.aio tasks in a process of their own.
 
-    python bench/loadgen.py < spec.json > results.json
+    python bench/common/loadgen.py < spec.json > results.json
 
 Every measurement, direct or through criproxy, is made by this same client,
 so the two differ only in what answers. Requests and answers stay raw bytes

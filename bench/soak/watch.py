@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-from soak_node import Node
+from bench.soak.node import Node
 
 # What counts as growth. A quantity must grow by more than this from the first third's
-# median to the last third's (see README of the soak in soak.py for why).
+# median to the last third's (see README of the soak in run.py for why).
 THRESHOLDS = {
     # PSS: Python processes hold on to freed memory in pymalloc arenas and glibc's
     # heap, and a process restarted by a fault starts smaller and fills its caches

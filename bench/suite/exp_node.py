@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 from cri_api.v1 import api_pb2 as pb
 
-import procstat
-from populate import populate
-from report import judge
-from rig import ALT, BENCH, Bench, job, loadgen, target
+from bench.common import procstat
+from bench.common.populate import populate
+from bench.common.rig import ALT, COMMON, Bench, job, loadgen, target
+from bench.suite.report import judge
 from tests.fakeruntime import FakeRuntime
 
 
@@ -39,7 +39,7 @@ def exp_node(bench: Bench, results: dict, targets: list) -> None:
     idle1 = procstat.TreeSample(root)
 
     replay = subprocess.Popen(
-        [sys.executable, str(BENCH / "kubelet.py"), "--target", target(proxy.listen),
+        [sys.executable, str(COMMON / "kubelet.py"), "--target", target(proxy.listen),
          "--seconds", str(load_seconds)], stdout=subprocess.PIPE, text=True)
     assert replay.stdout is not None
     replay.stdout.readline()  # "started": its first tick is being made now
@@ -112,7 +112,7 @@ def exp_isolation(bench: Bench, results: dict, targets: list) -> None:
     errors: dict[str, dict[str, int]] = {"normal": {}, "frozen": {}}
     # kubelet keeps calling both runtimes meanwhile; its calls to the frozen one hang.
     background = subprocess.Popen(
-        [sys.executable, str(BENCH / "kubelet.py"), "--target", target(proxy.listen),
+        [sys.executable, str(COMMON / "kubelet.py"), "--target", target(proxy.listen),
          "--seconds", str(blocks * 2 * (block + 4) + 10), "--changed", "4", "--timeout", "4"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -147,7 +147,7 @@ def exp_isolation(bench: Bench, results: dict, targets: list) -> None:
 
 
 def pooled(values_ms: list[float], errors: int) -> dict[str, Any]:
-    from loadgen import percentile
+    from bench.common.loadgen import percentile
     ordered = sorted(values_ms)
     return {"calls": len(ordered), "errors": errors, "p50_ms": percentile(ordered, 50),
             "p99_ms": percentile(ordered, 99), "max_ms": ordered[-1] if ordered else float("nan")}

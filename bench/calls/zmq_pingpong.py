@@ -3,7 +3,7 @@
 with pyzmq's asyncio sockets (as criproxy used them before criproxy/wire/zmqloop.py)
 and, on the client side, with a plain socket driven by loop.add_reader.
 
-    .venv/bin/python bench/zmq_pingpong.py
+    .venv/bin/python bench/calls/zmq_pingpong.py
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""What the measurements share: the fake runtime, the load clients, the rig, /proc."""

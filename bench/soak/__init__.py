@@ -1,0 +1,1 @@
+"""`make soak` (run.py): pod churn through criproxy with a fault a minute."""
