@@ -16,6 +16,13 @@ criproxy must pass it on. Whatever the bare chain costs over direct
 calls, criproxy cannot cost less with this architecture and grpc-python;
 criproxy minus the bare chain is the price of its own logic.
 
+Two bare chains run in the same rounds (issue 26): `bare aio`, whose worker
+makes the call with grpc.aio in an asyncio task and answers from the loop (the
+chain criproxy was built on), and `bare sync`, whose worker starts the call on
+a synchronous grpc channel (`future`) and sends the answer from grpc's own
+thread, the ZeroMQ socket shared under a lock: the cheapest parts found that
+keep a slow call from holding the others (bench/README.md, "A lower floor").
+
 --baseline DIR adds another criproxy source tree (e.g. `git archive` of an
 older commit, unpacked in DIR) to the same rounds, as `criproxy@base`: a
 before/after comparison that machine drift cannot skew. --spans adds a
@@ -30,6 +37,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +112,44 @@ async def bare_worker(endpoint: str, runtime: str) -> None:
     await asyncio.Event().wait()
 
 
+async def bare_sync_worker(endpoint: str, runtime: str) -> None:
+    channel = grpc.insecure_channel("unix:" + runtime)
+    callables: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    loop = asyncio.get_running_loop()
+    lock = threading.Lock()  # the loop and grpc's thread share the socket
+
+    def take_waiting() -> None:
+        with lock:
+            waiting = []
+            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                waiting.append(sock.recv_multipart(zmq.NOBLOCK))
+        for peer, frame in waiting:
+            start(peer, msgpack.unpackb(frame))
+
+    def start(peer: bytes, request: dict) -> None:
+        method = callables.get(request["m"]) or callables.setdefault(
+            request["m"], channel.unary_unary(request["m"]))
+        call = method.future(request["b"], timeout=request["d"])
+        call.add_done_callback(lambda done: answer([peer, msgpack.packb(
+            {"id": request["id"], "b": done.result()})]))
+
+    def answer(frames: list[bytes]) -> None:  # on grpc's thread
+        with lock:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+            waiting = sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        if waiting:  # the send may have taken the edge of ZMQ_FD
+            loop.call_soon_threadsafe(take_waiting)
+
+    loop.add_reader(sock.getsockopt(zmq.FD), take_waiting)
+    take_waiting()
+    await asyncio.Event().wait()
+
+
+WORKERS = {"worker": bare_worker, "sync-worker": bare_sync_worker}
+
+
 # ------------------------------------------------------------------ measuring
 
 
@@ -141,6 +187,21 @@ def _wait_for(socket: Path, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
+def _bare_chain(bench: Any, worker: str, runtime: str,
+                started: list[subprocess.Popen]) -> tuple[str, dict[str, int]]:
+    """A bare front and `worker` (a WORKERS key); their target and pids."""
+    endpoint = f"ipc://{bench.base}/bare-{worker}.ipc"
+    listen = str(bench.base / f"bare-{worker}.sock")
+    pids = {}
+    for role, addresses in ((worker, [endpoint, runtime]), ("front", [listen, endpoint])):
+        proc = subprocess.Popen([sys.executable, __file__, "--role", role, *addresses])
+        started.append(proc)
+        pids["front" if role == "front" else "worker"] = proc.pid
+    _wait_for(Path(listen))
+    from bench.common import rig
+    return rig.target(listen), pids
+
+
 def _proxies(bench: Any, runtime: str, args: argparse.Namespace,
              stack: contextlib.ExitStack) -> tuple[dict[str, Any], Any]:
     """criproxy, and the variants asked for: an older tree, spans on (and their receiver)."""
@@ -167,14 +228,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another criproxy tree to measure too")
     parser.add_argument("--spans", action="store_true", help="measure spans on too")
-    parser.add_argument("--role", choices=("front", "worker"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("front", *WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "front":
         asyncio.run(bare_front(*args.addresses))
         return
-    if args.role == "worker":
-        asyncio.run(bare_worker(*args.addresses))
+    if args.role in WORKERS:
+        asyncio.run(WORKERS[args.role](*args.addresses))
         return
 
     bench = rig.Bench(run.parse_args([]), run.short_dir("flr-"))
@@ -182,16 +243,10 @@ def main() -> None:
     stack = contextlib.ExitStack()
     try:
         fake = bench.fake("a")
-        endpoint, listen = f"ipc://{bench.base}/bare.ipc", str(bench.base / "bare.sock")
-        for role, addresses in (("worker", [endpoint, str(fake.socket)]),
-                                ("front", [listen, endpoint])):
-            bare.append(subprocess.Popen([sys.executable, __file__, "--role", role, *addresses]))
+        paths = {"direct": (rig.target(fake.socket), {})}
+        for name, worker in (("bare aio", "worker"), ("bare sync", "sync-worker")):
+            paths[name] = _bare_chain(bench, worker, str(fake.socket), bare)
         proxies, receiver = _proxies(bench, str(fake.socket), args, stack)
-        _wait_for(Path(listen))
-        paths = {
-            "direct": (rig.target(fake.socket), {}),
-            "bare chain": (rig.target(listen), {"front": bare[1].pid, "worker": bare[0].pid}),
-        }
         for name, each in proxies.items():
             paths[name] = (rig.target(each.listen), {"front": each.front_pid(),
                                                      "worker": each.worker_pid("primary")})
