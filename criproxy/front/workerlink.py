@@ -262,11 +262,15 @@ class WorkerLink:
                     # Judge the idle ping's answer in time, not at the next probe.
                     loop.call_later(self.config.worker_timeout + 0.05, self._judge)
             self._probe_idle = not busy
+            # The deadline sets the event, instead of asyncio.wait_for: on Python 3.11
+            # wait_for swallows a cancel that comes as the event is set (a worker lost
+            # while the front stops), and close() then waited for this loop forever.
+            deadline = loop.call_later(max(0.001, pinged_at + interval - time.monotonic()),
+                                       self._probe_wake.set)
             try:
-                await asyncio.wait_for(self._probe_wake.wait(),
-                                       max(0.001, pinged_at + interval - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
+                await self._probe_wake.wait()
+            finally:
+                deadline.cancel()
             self._probe_wake.clear()
             self._probe_idle = False
 
