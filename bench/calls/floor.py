@@ -20,8 +20,10 @@ Two bare chains run in the same rounds (issue 26): `bare aio`, whose worker
 makes the call with grpc.aio in an asyncio task and answers from the loop (the
 chain criproxy was built on), and `bare sync`, whose worker starts the call on
 a synchronous grpc channel (`future`) and sends the answer from grpc's own
-thread, the ZeroMQ socket shared under a lock: the cheapest parts found that
-keep a slow call from holding the others (bench/README.md, "A lower floor").
+thread, the ZeroMQ socket shared under a lock, so that a slow call still holds
+no other. Alone it is the cheaper worker; behind a front it costs more (a grpc
+thread started per call when calls come one at a time): bench/README.md, "A
+lower floor?".
 
 --baseline DIR adds another criproxy source tree (e.g. `git archive` of an
 older commit, unpacked in DIR) to the same rounds, as `criproxy@base`: a
@@ -190,6 +192,7 @@ def _wait_for(socket: Path, timeout: float = 20) -> None:
 def _bare_chain(bench: Any, worker: str, runtime: str,
                 started: list[subprocess.Popen]) -> tuple[str, dict[str, int]]:
     """A bare front and `worker` (a WORKERS key); their target and pids."""
+    from bench.common import rig
     endpoint = f"ipc://{bench.base}/bare-{worker}.ipc"
     listen = str(bench.base / f"bare-{worker}.sock")
     pids = {}
@@ -198,7 +201,6 @@ def _bare_chain(bench: Any, worker: str, runtime: str,
         started.append(proc)
         pids["front" if role == "front" else "worker"] = proc.pid
     _wait_for(Path(listen))
-    from bench.common import rig
     return rig.target(listen), pids
 
 
