@@ -12,7 +12,7 @@ The package is grouped by job (docs/architecture.md walks through it):
 
 Only the entry points and the modules several parts use stay at this level:
 cli.py and __main__.py (the `criproxy` command), settings.py (every setting,
-declared once), logs.py (criproxy's log lines), registrations.py (what
+declared once) with setting_values.py (how each kind of value is checked), logs.py (criproxy's log lines), registrations.py (what
 registers in -runtimesDir, and the list supervisord's registrar publishes for
 the front, the workers, status and doctor) and inotify.py (the directory watch
 the registrar and the front share). They import nothing of criproxy's but

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from criproxy import setting_values as check
 
 EXIT_CONFIG_ERROR = 2
 # A program that cannot boot leaves its reason here (in the runtime dir) for
@@ -152,85 +153,6 @@ def connect_string(runtimes: tuple[Runtime, ...]) -> str:
                     for r in runtimes)
 
 
-def _verbosity(value: str) -> int:
-    level = int(value)
-    if not 0 <= level <= 10:
-        raise ValueError("must be 0..10")
-    return level
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a finite number > 0")
-    return number
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError("must be 1..65535")
-    return port
-
-
-def _stream_url(value: str) -> str:
-    if value and not re.match(r"^https?://[^/]+", value):
-        raise ValueError("must be an absolute http(s) URL")
-    return value.rstrip("/")
-
-
-def _group(value: str) -> str:
-    """A group that exists: a typo must stop criproxy, not crash-loop the front."""
-    if value:
-        import grp
-        try:
-            grp.getgrnam(value)
-        except KeyError:
-            raise ValueError("no such group") from None
-    return value
-
-
-def _runtimes_dir(value: str) -> str:
-    """An absolute directory, or `off`/empty (returned as "")."""
-    value = value.strip()
-    if value in ("", "off"):
-        return ""
-    if not value.startswith("/"):
-        raise ValueError("must be an absolute path, or off")
-    return os.path.normpath(value)
-
-
-def _metrics_address(value: str) -> str:
-    """`host:port`, `[v6]:port`, `unix:/path`, or `off`/empty (returned as "")."""
-    value = value.strip()
-    if value in ("", "off"):
-        return ""
-    if value.startswith("unix:"):
-        path = value[len("unix:"):]
-        if not path.startswith("/"):
-            raise ValueError("a unix socket needs an absolute path: unix:/path")
-        return "unix:/" + path.lstrip("/")  # unix://path and unix:/path alike
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("must be host:port, unix:/path or off")
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("port must be 0..65535")
-    return f"{host}:{int(port)}"
-
-
-def _otlp_endpoint(value: str) -> str:
-    """An OTLP/gRPC collector: `host:port`, `http://host:port`, `unix:/path`, or
-    `off`/empty (returned as ""). Plain text only: collectors run on the node."""
-    value = value.strip()
-    if value.startswith("https://"):
-        raise ValueError("TLS is not supported: name a collector on the node, "
-                         "host:port or unix:/path")
-    address = _metrics_address(value.removeprefix("http://").rstrip("/"))
-    if address.endswith(":0") and not address.startswith("unix:"):
-        raise ValueError("port must be 1..65535")
-    return address
-
-
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -249,51 +171,51 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runtime_handlers", "-runtimeHandlers", (), parse_handlers,
             "RuntimeClass handlers of other runtimes: HANDLER=RUNTIME[:RUNTIME_HANDLER],...",
             format=handlers_string),
-    Setting("runtimes_dir", "-runtimesDir", "/run/criproxy-runtimes", _runtimes_dir,
+    Setting("runtimes_dir", "-runtimesDir", "/run/criproxy-runtimes", check.runtimes_dir,
             "directory where runtimes register (NAME.sock: their CRI socket or a symlink "
             "to it; NAME.json: the RuntimeClass handlers they serve); root's alone; off: none"),
-    Setting("leave_after", "-leaveAfter", 180.0, _positive_float,
+    Setting("leave_after", "-leaveAfter", 180.0, check.positive_float,
             "seconds a registered runtime's socket may be gone before the runtime leaves "
             "(a restarting runtime re-creates it; until then the runtime is down)"),
     Setting("listen", "-listen", "/run/criproxy.sock", str,
             "unix socket kubelet connects to"),
     Setting("rundir", "-rundir", "/run/criproxy", str,
             "private directory (mode 0700) for worker sockets, supervisord and status"),
-    Setting("verbosity", "-v", 0, _verbosity,
+    Setting("verbosity", "-v", 0, check.verbosity,
             "log level: 2 failed requests, 3 state-changing calls, 4 status calls, 5 List calls"),
     Setting("logtostderr", "-logtostderr", False, bool,
             "log to stderr (criproxy always does; accepted for compatibility)", is_switch=True),
-    Setting("stream_port", "-streamPort", 11250, _port,
+    Setting("stream_port", "-streamPort", 11250, check.port,
             "port of the streaming server used to make relative streaming URLs absolute"),
-    Setting("stream_url", "-streamUrl", "", _stream_url,
+    Setting("stream_url", "-streamUrl", "", check.stream_url,
             "base URL for relative streaming URLs (overrides -streamPort)"),
-    Setting("list_budget", "-listBudget", 2.0, _positive_float,
+    Setting("list_budget", "-listBudget", 2.0, check.positive_float,
             "seconds a fan-out List call waits for a runtime before answering without it"),
-    Setting("stale_for", "-staleFor", 180.0, _positive_float,
+    Setting("stale_for", "-staleFor", 180.0, check.positive_float,
             "seconds a runtime that cannot answer a ListPodSandbox/ListContainers is "
             "represented by its last answer; after that it is left out (kubelet's own "
             "relist tolerates 3 min without an answer before the node turns NotReady)"),
-    Setting("start_wait", "-startWait", 10.0, _positive_float,
+    Setting("start_wait", "-startWait", 10.0, check.positive_float,
             "seconds a call to a runtime whose worker has not reported since criproxy "
             "started waits for it (within the call's deadline) instead of failing"),
-    Setting("heartbeat", "-heartbeat", 0.5, _positive_float,
+    Setting("heartbeat", "-heartbeat", 0.5, check.positive_float,
             "seconds between front-to-worker heartbeats while calls to the worker are in "
             "flight, or while it has not answered since it (re)connected"),
-    Setting("idle_probe", "-idleProbe", 30.0, _positive_float,
+    Setting("idle_probe", "-idleProbe", 30.0, check.positive_float,
             "seconds between heartbeats to a worker with no call in flight (a worker "
             "reports its runtime's changes itself; this only finds a worker that hung "
             "while idle)"),
-    Setting("worker_timeout", "-workerTimeout", 3.0, _positive_float,
+    Setting("worker_timeout", "-workerTimeout", 3.0, check.positive_float,
             "seconds of worker silence after which its runtime counts as down (a worker that "
             "exits is noticed at once; this catches a hung one, so allow for a loaded node)"),
-    Setting("drain", "-drain", 5.0, _positive_float,
+    Setting("drain", "-drain", 5.0, check.positive_float,
             "seconds the front lets in-flight requests finish on shutdown"),
-    Setting("socket_group", "-socketGroup", "", _group,
+    Setting("socket_group", "-socketGroup", "", check.group,
             "group owning the listen socket (mode 0660); empty keeps root's group"),
-    Setting("metrics_address", "-metricsAddress", "127.0.0.1:9610", _metrics_address,
+    Setting("metrics_address", "-metricsAddress", "127.0.0.1:9610", check.metrics_address,
             "where the front serves Prometheus metrics: host:port (port 0: any free "
             "port), unix:/path, or off"),
-    Setting("otlp_endpoint", "-otlpEndpoint", "", _otlp_endpoint,
+    Setting("otlp_endpoint", "-otlpEndpoint", "", check.otlp_endpoint,
             "OTLP/gRPC collector to export criproxy's own trace spans to: host:port, "
             "unix:/path, or off (the trace context reaches the runtimes either way)"),
 )

@@ -5,8 +5,8 @@ at the top, inside functions, under TYPE_CHECKING. The parts and their rules
 are the ones the subpackages' docstrings state (criproxy/__init__.py,
 docs/architecture.md):
 
-    base      criproxy/settings.py, criproxy/logs.py, criproxy/registrations.py,
-              criproxy/inotify.py: nothing of criproxy's but each other
+    base      criproxy/settings.py, criproxy/setting_values.py, criproxy/logs.py,
+              criproxy/registrations.py, criproxy/inotify.py: nothing of criproxy's but each other
     wire      front ⇄ worker envelopes, sockets, trace context: base only
     record    the pod record: base only
     process   supervisord and its plugins, systemd readiness: base only
@@ -28,7 +28,7 @@ from tests.harness import REPO
 
 PACKAGES = ("criproxy", "workers")
 SUBPACKAGES = ("front", "wire", "record", "process", "ops")
-BASE = {"criproxy.settings", "criproxy.logs", "criproxy.registrations", "criproxy.inotify"}
+BASE = {"criproxy.settings", "criproxy.setting_values", "criproxy.logs", "criproxy.registrations", "criproxy.inotify"}
 TOP = {"criproxy", "criproxy.cli", "criproxy.__main__"}
 
 # part -> the parts it may import (its own always included)

@@ -1,0 +1,90 @@
+"""How each setting's value is read and checked: one parser per kind of value.
+
+settings.py names these in its SETTINGS table; each takes the raw string (flag
+or settings file) and returns the value or raises ValueError saying what a
+right one looks like (settings.py adds the flag and the value given).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+
+
+def verbosity(value: str) -> int:
+    level = int(value)
+    if not 0 <= level <= 10:
+        raise ValueError("must be 0..10")
+    return level
+
+
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a finite number > 0")
+    return number
+
+
+def port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError("must be 1..65535")
+    return port
+
+
+def stream_url(value: str) -> str:
+    if value and not re.match(r"^https?://[^/]+", value):
+        raise ValueError("must be an absolute http(s) URL")
+    return value.rstrip("/")
+
+
+def group(value: str) -> str:
+    """A group that exists: a typo must stop criproxy, not crash-loop the front."""
+    if value:
+        import grp
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("no such group") from None
+    return value
+
+
+def runtimes_dir(value: str) -> str:
+    """An absolute directory, or `off`/empty (returned as "")."""
+    value = value.strip()
+    if value in ("", "off"):
+        return ""
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path, or off")
+    return os.path.normpath(value)
+
+
+def metrics_address(value: str) -> str:
+    """`host:port`, `[v6]:port`, `unix:/path`, or `off`/empty (returned as "")."""
+    value = value.strip()
+    if value in ("", "off"):
+        return ""
+    if value.startswith("unix:"):
+        path = value[len("unix:"):]
+        if not path.startswith("/"):
+            raise ValueError("a unix socket needs an absolute path: unix:/path")
+        return "unix:/" + path.lstrip("/")  # unix://path and unix:/path alike
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("must be host:port, unix:/path or off")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("port must be 0..65535")
+    return f"{host}:{int(port)}"
+
+
+def otlp_endpoint(value: str) -> str:
+    """An OTLP/gRPC collector: `host:port`, `http://host:port`, `unix:/path`, or
+    `off`/empty (returned as ""). Plain text only: collectors run on the node."""
+    value = value.strip()
+    if value.startswith("https://"):
+        raise ValueError("TLS is not supported: name a collector on the node, "
+                         "host:port or unix:/path")
+    address = metrics_address(value.removeprefix("http://").rstrip("/"))
+    if address.endswith(":0") and not address.startswith("unix:"):
+        raise ValueError("port must be 1..65535")
+    return address
