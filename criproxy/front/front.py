@@ -28,6 +28,7 @@ from criproxy.front.registered import Registered
 from criproxy.front.routing import METHODS, Method, Rule
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics, spans
+from criproxy.ops.metrics_endpoint import Endpoint
 from criproxy.ops import status as status_file
 from criproxy.process import readiness
 from criproxy.process.instance import refuse_live_socket
@@ -206,7 +207,7 @@ class Front:
         for link in self.links.values():
             self._watch_link(link)
         self.registered.join_published()
-        self.metrics = metrics.Endpoint(
+        self.metrics = Endpoint(
             config.metrics_address,
             group_id=grp.getgrnam(config.socket_group).gr_gid if config.socket_group else -1)
         self._stop = asyncio.Event()

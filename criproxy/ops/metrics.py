@@ -1,4 +1,4 @@
-"""The front's Prometheus metrics and the HTTP endpoint serving them.
+"""The front's Prometheus metrics: what it counts, and the families a scrape shows.
 
 Every metric is computed in the front: it sees every request, and it learns
 each runtime's state and its worker's restarts from the workers' heartbeats
@@ -9,30 +9,20 @@ integer updates on the event loop (no locks): request counts and latency
 histograms are turned into metrics, and runtime state, restarts and queue
 depths read from the links, only when scraped.
 
-The exposition (Prometheus text 0.0.4, or OpenMetrics 1.0 when the scraper
-asks for it) is written here, without prometheus_client: that library, with
-the http.server, wsgiref, email and urllib modules it loads, was 3 MB of the
-front's memory for a few lines of text (issue 26). The output is the same,
-line for line, as prometheus_client 0.26 wrote it.
-
-The endpoint is served from the front's event loop (no thread): `GET /metrics`
-(or `/`) on `-metricsAddress`, `host:port` or `unix:/path`.
+The formats are written by exposition.py, the endpoint is metrics_endpoint.py,
+the front process's own figures come from process_metrics.py.
 """
 from __future__ import annotations
 
-import asyncio
 import bisect
 import collections
-import logging
-import math
-import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import grpc
 
-log = logging.getLogger("criproxy.front")
+from criproxy.ops.exposition import Family, counter, gauge, go_float
+from criproxy.ops.process_metrics import process_families
 
 # The `runtime` label of a request answered by several runtimes (List calls,
 # broadcasts), and of one refused before it reached any runtime.
@@ -46,142 +36,10 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 WINDOW = 60.0
 
 
-# --- the exposition formats ------------------------------------------------------
-
-
-class Family:
-    """One metric family, as a scrape shows it: (suffix, labels, value) samples."""
-
-    __slots__ = ("name", "kind", "help", "samples")
-
-    def __init__(self, name: str, kind: str, help_text: str) -> None:
-        self.name, self.kind, self.help = name, kind, help_text
-        self.samples: list[tuple[str, tuple[tuple[str, str], ...], float]] = []
-
-    def add(self, labels: Iterable[tuple[str, str]], value: float, suffix: str = "") -> None:
-        self.samples.append((suffix, tuple(labels), value))
-
-
-def counter(name: str, help_text: str) -> Family:
-    return Family(name, "counter", help_text)
-
-
-def gauge(name: str, help_text: str) -> Family:
-    return Family(name, "gauge", help_text)
-
-
-def go_float(value: float) -> str:
-    """A number as Prometheus (Go) writes it: +Inf, NaN, 1.0, 1e+07."""
-    value = float(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    text = repr(value)
-    dot = text.find(".")
-    if value > 0 and dot > 6:  # Go switches to exponents sooner than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
-
-
-def _escape(text: str, quote: bool = True) -> str:
-    text = text.replace("\\", r"\\").replace("\n", r"\n")
-    return text.replace('"', r'\"') if quote else text
-
-
-def _sample_lines(family: Family, out: list[str]) -> None:
-    for suffix, labels, value in family.samples:
-        name = family.name + suffix
-        if labels:
-            name += "{" + ",".join(f'{key}="{_escape(val)}"'
-                                   for key, val in sorted(labels)) + "}"
-        out.append(f"{name} {go_float(value)}\n")
-
-
-def text_format(families: Iterable[Family]) -> bytes:
-    """Prometheus text format 0.0.4 (a counter's family is named NAME_total)."""
-    out: list[str] = []
-    for family in families:
-        shown = family.name + ("_total" if family.kind == "counter" else "")
-        out.append(f"# HELP {shown} {_escape(family.help, quote=False)}\n")
-        out.append(f"# TYPE {shown} {family.kind}\n")
-        _sample_lines(family, out)
-    return "".join(out).encode()
-
-
-def openmetrics_format(families: Iterable[Family]) -> bytes:
-    out: list[str] = []
-    for family in families:
-        out.append(f"# HELP {family.name} {_escape(family.help)}\n")
-        out.append(f"# TYPE {family.name} {family.kind}\n")
-        _sample_lines(family, out)
-    out.append("# EOF\n")
-    return "".join(out).encode()
-
-
-TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"
-
-
-def choose_format(accept: str) -> tuple[Callable[[Iterable[Family]], bytes], str]:
-    """OpenMetrics when the scraper accepts it (Prometheus does), else the text format."""
-    for accepted in accept.split(","):
-        if accepted.split(";")[0].strip() == "application/openmetrics-text":
-            return openmetrics_format, OPENMETRICS_TYPE
-    return text_format, TEXT_TYPE
-
-
 def collect() -> list[Family]:
     """Every family of a scrape, in the order the front has always shown them."""
-    return [*_process_families(), *_front_families(), *_request_families(),
+    return [*process_families(), *_front_families(), *_request_families(),
             *_links.collect()]
-
-
-# --- the front process (prometheus_client's process collector, namespaced) --------
-
-_PREFIX = "criproxy_front_process_"
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_boot_time: float | None = None
-
-
-def _process_families() -> list[Family]:
-    global _boot_time
-    try:
-        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
-        if _boot_time is None:
-            _boot_time = next(float(line.split()[1]) for line in
-                              Path("/proc/stat").read_text().splitlines()
-                              if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError):
-        return []
-    families = []
-    for name, kind, help_text, value in (
-            ("virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", float(fields[20])),
-            ("resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-             float(fields[21]) * _PAGE),
-            ("start_time_seconds", "gauge",
-             "Start time of the process since unix epoch in seconds.",
-             float(fields[19]) / _TICKS + _boot_time),
-            ("cpu_seconds", "counter", "Total user and system CPU time spent in seconds.",
-             (float(fields[11]) + float(fields[12])) / _TICKS)):
-        family = Family(_PREFIX + name, kind, help_text)
-        family.add((), value, "_total" if kind == "counter" else "")
-        families.append(family)
-    try:
-        open_fds = float(len(os.listdir("/proc/self/fd")))
-        family = gauge(_PREFIX + "open_fds", "Number of open file descriptors.")
-        family.add((), open_fds)
-        families.append(family)
-        for line in Path("/proc/self/limits").read_text().splitlines():
-            if line.startswith("Max open files"):
-                family = gauge(_PREFIX + "max_fds", "Maximum number of open file descriptors.")
-                family.add((), float(line.split()[3]))
-                families.append(family)
-    except (OSError, ValueError, IndexError):
-        pass
-    return families
 
 
 class _Tally:
@@ -386,120 +244,3 @@ def _quantile(q: float, buckets: list[int]) -> float | None:
             return lower + (BUCKETS[i] - lower) * (rank - seen) / count
         seen += count
     return BUCKETS[-1]
-
-
-# --- the endpoint ---------------------------------------------------------------
-
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        lines = head.decode("latin-1").split("\r\n")
-        verb, path, *_ = lines[0].split(" ") + ["", ""]
-        headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
-        accept = next((v.strip() for k, v in headers.items() if k.lower() == "accept"), "")
-        if verb not in ("GET", "HEAD"):
-            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-        elif path.split("?")[0] not in ("/", "/metrics"):
-            status, ctype, body = "404 Not Found", "text/plain", b"see /metrics\n"
-        else:
-            encoder, ctype = choose_format(accept)
-            status, body = "200 OK", encoder(collect())
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
-        if verb != "HEAD":
-            writer.write(body)
-        await writer.drain()
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            asyncio.TimeoutError, UnicodeError):
-        pass  # a broken scrape; the scraper tries again
-    finally:
-        writer.close()
-
-
-# Scrapes answered at once. Any local user may connect to a TCP endpoint: without
-# a cap, idle connections would use up the front's file descriptors, and the front
-# could accept neither kubelet nor its workers' reconnections. Extra ones are closed.
-MAX_SCRAPES = 16
-_scrapes = 0
-
-
-async def _answer_bounded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    global _scrapes
-    if _scrapes >= MAX_SCRAPES:
-        writer.close()
-        return
-    _scrapes += 1
-    try:
-        await _answer(reader, writer)
-    finally:
-        _scrapes -= 1
-
-
-class Endpoint:
-    """The metrics HTTP server; it keeps trying to bind until it succeeds."""
-
-    RETRY = 10.0
-
-    def __init__(self, address: str, socket_mode: int = 0o660, group_id: int = -1) -> None:
-        self.address = address
-        self.bound = ""  # host:port or unix:/path actually bound, for status.json
-        self.error = ""
-        self._mode = socket_mode
-        self._gid = group_id
-        self._server: asyncio.AbstractServer | None = None
-        self._task: asyncio.Task | None = None
-        # Called when `bound` or `error` changes (the front's status file shows them).
-        self.on_change: Callable[[], None] | None = None
-
-    def start(self) -> None:
-        if self.address:
-            self._task = asyncio.create_task(self._bind_forever())
-
-    async def _bind_forever(self) -> None:
-        while True:
-            try:
-                await self._bind()
-                log.info("metrics served on http %s/metrics", self.bound)
-                self._changed()
-                return
-            except OSError as err:
-                if not self.error:
-                    log.error("cannot serve metrics on %s: %s; retrying every %.0fs",
-                              self.address, err, self.RETRY)
-                if self.error != str(err):
-                    self.error = str(err)
-                    self._changed()
-            await asyncio.sleep(self.RETRY)
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    async def _bind(self) -> None:
-        if self.address.startswith("unix:"):
-            path = Path(self.address[len("unix:"):])
-            if path.is_symlink() or (path.exists() and not path.is_socket()):
-                raise OSError(f"{path} exists and is not a socket; not removing it")
-            path.unlink(missing_ok=True)
-            self._server = await asyncio.start_unix_server(_answer_bounded, str(path))
-            os.chmod(path, self._mode)
-            if self._gid != -1:
-                os.chown(path, -1, self._gid)
-            self.bound = self.address
-        else:
-            host, _, port = self.address.rpartition(":")
-            host = host.strip("[]")
-            self._server = await asyncio.start_server(_answer_bounded, host, int(port))
-            sockname = self._server.sockets[0].getsockname()
-            shown = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
-            self.bound = f"{shown}:{sockname[1]}"
-        self.error = ""
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            if self.address.startswith("unix:"):
-                Path(self.address[len("unix:"):]).unlink(missing_ok=True)
