@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from criproxy.ops import metrics
+from criproxy.ops.exposition import text_format
 from criproxy.ops.doctor import config_value, flag_value
 from criproxy.settings import ConfigError, config_from_args
 from tests.conftest import Cluster, start_cluster, stop_cluster
@@ -140,6 +141,8 @@ def test_requests_are_counted_by_runtime_method_and_code(cluster: Cluster) -> No
         assert sample(after, "criproxy_runtime_state", runtime=label, state="up") == 1
         assert (("criproxy_worker_restarts_total", (("runtime", label),)) in after)
         assert (("criproxy_worker_pending_calls", (("runtime", label),)) in after)
+        assert (("criproxy_runtime_foreign_claims_total",
+                 (("method", "ListPodSandbox"), ("runtime", label))) in after)
     assert sample(after, "criproxy_front_process_resident_memory_bytes") > 0
 
 
@@ -404,6 +407,17 @@ def test_p99_interpolates_inside_its_bucket() -> None:
     assert 0.0099 < metrics._quantile(0.99, buckets) <= 0.01
     buckets[-1] = 50  # beyond the last bound
     assert metrics._quantile(0.99, buckets) == metrics.BUCKETS[-1]
+
+
+def test_foreign_claims_are_counted_by_runtime_and_method() -> None:
+    metrics.declare_runtime("unit.a", ["ListContainers", "ListPodSandbox"], [])
+    metrics.foreign_claim_dropped("unit.a", "ListContainers", 2)
+    metrics.foreign_claim_dropped("unit.a", "ListContainers")
+    text = text_format(metrics.collect()).decode()
+    assert "# TYPE criproxy_runtime_foreign_claims_total counter" in text
+    name = "criproxy_runtime_foreign_claims_total"
+    assert f'{name}{{method="ListContainers",runtime="unit.a"}} 3.0' in text
+    assert f'{name}{{method="ListPodSandbox",runtime="unit.a"}} 0.0' in text  # declared
 
 
 def test_kubelet_flag_and_config_parsing() -> None:

@@ -65,6 +65,7 @@ _in_flight = 0
 _subscribers = 0
 _skipped: dict[tuple[str, str], int] = {}       # (runtime, method)
 _last_answers: dict[tuple[str, str], int] = {}  # (runtime, method)
+_foreign_claims: dict[tuple[str, str], int] = {}  # (runtime, method)
 _series: dict[tuple[str, str], _Tally] = {}   # (runtime, method)
 _tallies: dict[str, _Tally] = {}              # runtime
 _history: collections.deque = collections.deque()
@@ -108,10 +109,13 @@ def _front_families() -> list[Family]:
                       "because it failed or did not answer within -listBudget")
     last = counter("criproxy_list_stale_answers", "List answers in which a runtime that "
                    "could not answer was represented by its last answer (pod record)")
-    for family, counts in ((skipped, _skipped), (last, _last_answers)):
+    foreign = counter("criproxy_runtime_foreign_claims", "items a runtime's answer held "
+                      "about pods owned by another runtime, dropped")
+    for family, counts in ((skipped, _skipped), (last, _last_answers),
+                           (foreign, _foreign_claims)):
         for (runtime, method), count in list(counts.items()):
             family.add((("runtime", runtime), ("method", method)), count, "_total")
-    return [in_flight, subscribers, skipped, last]
+    return [in_flight, subscribers, skipped, last, foreign]
 
 
 def _request_families() -> list[Family]:
@@ -156,12 +160,19 @@ def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
     first increase, and alert rules find every series they name."""
     for method in fan_out_methods:
         _skipped.setdefault((runtime, method), 0)
+        _foreign_claims.setdefault((runtime, method), 0)
     for method in last_answer_methods:
         _last_answers.setdefault((runtime, method), 0)
 
 
 def last_answer_served(runtime: str, method: str) -> None:
     _last_answers[(runtime, method)] = _last_answers.get((runtime, method), 0) + 1
+
+
+def foreign_claim_dropped(runtime: str, method: str, count: int = 1) -> None:
+    """Count items of `runtime`'s answer to `method` about another runtime's pods,
+    left out of what kubelet is shown."""
+    _foreign_claims[(runtime, method)] = _foreign_claims.get((runtime, method), 0) + count
 
 
 # --- runtime state, read from the links when scraped ---------------------------
