@@ -3,6 +3,7 @@
 A WorkerLink knows whether its runtime can take calls right now. Calls to a
 runtime that is not up fail at once with UNAVAILABLE; calls in flight when
 the worker goes away fail at once too, instead of waiting for their deadline.
+When to ping the worker, and when its silence means it is lost: liveness.py.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any, AsyncIterator, Callable
 import grpc
 import zmq
 
+from criproxy.front.liveness import Liveness
 from criproxy.settings import Config, Runtime
 from criproxy.wire import protocol, tracecontext
 from criproxy.wire.protocol import RuntimeState
@@ -106,14 +108,8 @@ class WorkerLink:
         self.bad_answers = 0
         self.last_bad_answer = ""
         self._bad_answer_logged = 0.0
-        self._last_seen = 0.0
-        # When the oldest ping or call the worker has not answered since it was last
-        # heard from was sent; None: nothing owed. Any frame from it clears it.
-        self._owed_since: float | None = None
-        # Heard from the worker since its connection was (re)made or it was lost.
-        self._answering = False
-        self._probe_wake = asyncio.Event()
-        self._probe_idle = False  # the probe loop sleeps -idleProbe: wake it on a call
+        self._liveness = Liveness(config, self._send_ping, self._calls_waiting,
+                                  lambda: self.state == RuntimeState.DOWN, self._worker_lost)
         self._pending: dict[int, _Pending] = {}
         self._sock = ctx.socket(zmq.DEALER)
         self._link: LoopSocket | None = None
@@ -147,7 +143,7 @@ class WorkerLink:
         self._sock.connect(self.config.worker_endpoint(self.runtime))
         self._link = LoopSocket(self._sock, self._on_frames)
         self._started_at = time.monotonic()
-        self._heartbeat = asyncio.create_task(self._probe_loop())
+        self._heartbeat = asyncio.create_task(self._liveness.run())
 
     async def close(self) -> None:
         assert self._heartbeat is not None and self._link and self._monitor
@@ -180,9 +176,7 @@ class WorkerLink:
             self.on_state_change(self)
 
     def _worker_lost(self, reason: str) -> None:
-        self._answering = False
-        self._owed_since = None
-        self._wake_probe()  # every -heartbeat until it (or its successor) answers
+        self._liveness.reset()
         self._transition(RuntimeState.DOWN, reason)
         self._fail_pending(reason)
 
@@ -237,68 +231,19 @@ class WorkerLink:
             except asyncio.TimeoutError:
                 pass  # _check_up says why the runtime is not up
 
-    # --- loops ---------------------------------------------------------------
+    # --- the worker's socket -------------------------------------------------
 
-    async def _probe_loop(self) -> None:
-        """Heartbeats only where nothing else proves the worker alive.
-
-        A worker that exits is noticed at once (the monitor), and a worker reports
-        its runtime's changes itself (an unasked pong), so an idle link costs one
-        ping per -idleProbe. While calls are in flight, or until the worker has
-        answered since it (re)connected, it is pinged every -heartbeat: a worker
-        that owes an answer for -workerTimeout is lost. Pings are answered by the
-        worker's loop, never behind a runtime call: a hung runtime never makes its
-        worker look hung."""
-        loop = asyncio.get_running_loop()
-        pinged_at = -1e9
-        while True:
-            self._judge()
-            busy = self._calls_waiting() or not self._answering
-            interval = self.config.heartbeat if busy else self.config.idle_probe
-            now = time.monotonic()
-            if now >= pinged_at + interval - 0.001:
-                pinged_at = now
-                if self._ping() and not busy:
-                    # Judge the idle ping's answer in time, not at the next probe.
-                    loop.call_later(self.config.worker_timeout + 0.05, self._judge)
-            self._probe_idle = not busy
-            # The deadline sets the event, instead of asyncio.wait_for: on Python 3.11
-            # wait_for swallows a cancel that comes as the event is set (a worker lost
-            # while the front stops), and close() then waited for this loop forever.
-            deadline = loop.call_later(max(0.001, pinged_at + interval - time.monotonic()),
-                                       self._probe_wake.set)
-            try:
-                await self._probe_wake.wait()
-            finally:
-                deadline.cancel()
-            self._probe_wake.clear()
-            self._probe_idle = False
-
-    def _ping(self) -> bool:
+    def _send_ping(self) -> bool:
         assert self._link is not None
         try:
             self._link.send(_PING)
         except zmq.Again:
-            return False  # not connected: the monitor says when it is
-        if self._owed_since is None:
-            self._owed_since = time.monotonic()
+            return False
         return True
 
     def _calls_waiting(self) -> bool:
         """Unary calls in flight (a stream may wait for events for hours)."""
         return any(pending.items is None for pending in self._pending.values())
-
-    def _judge(self) -> None:
-        owed = self._owed_since
-        if owed is None or self.state == RuntimeState.DOWN:
-            return
-        silent = time.monotonic() - owed
-        if silent > self.config.worker_timeout:
-            self._worker_lost(f"worker silent for {silent:.1f}s")
-
-    def _wake_probe(self) -> None:
-        self._probe_idle = False
-        self._probe_wake.set()
 
     def _on_monitor_event(self, frames: list[bytes]) -> None:
         # zmq.utils.monitor would parse it too, at the price of loading zmq.asyncio.
@@ -306,9 +251,7 @@ class WorkerLink:
         if event == zmq.EVENT_DISCONNECTED:
             self._worker_lost("worker disconnected (exited or restarting)")
         elif event & _CONNECTED:
-            self._answering = False
-            self._owed_since = None
-            self._wake_probe()  # ping the (new) worker now, not at the next heartbeat
+            self._liveness.reset()  # ping the (new) worker now, not at the next heartbeat
 
     def _on_frames(self, frames: list[bytes]) -> None:
         try:
@@ -322,8 +265,7 @@ class WorkerLink:
             log.warning("runtime %s: dropping a %s frame: only the front sends those",
                         self.label, message["t"])
             return
-        self._last_seen = time.monotonic()
-        self._owed_since = None
+        self._liveness.heard()
         self._on_message(message)
 
     def _on_message(self, message: dict[str, Any]) -> None:
@@ -357,7 +299,7 @@ class WorkerLink:
                 f"runtime {self.label}: stream reader too slow, {_STREAM_QUEUE} events queued"))
 
     def _on_pong(self, message: dict[str, Any]) -> None:
-        self._answering = True
+        self._liveness.answered()
         if message["inc"] != self.incarnation:
             self._on_new_incarnation(message)
         self.cri_version = message.get("v", "")
@@ -394,10 +336,7 @@ class WorkerLink:
         pending = _Pending(stream)
         self._pending[request_id] = pending
         if not stream:  # a stream's answer may be hours away: it proves nothing
-            if self._owed_since is None:
-                self._owed_since = pending.sent_at
-            if self._probe_idle:
-                self._wake_probe()  # heartbeats while the call is in flight
+            self._liveness.owe(pending.sent_at)
         return request_id, pending
 
     def _cancel(self, request_id: int) -> None:
