@@ -24,8 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from criproxy.ops import metrics
-from criproxy.ops.exposition import text_format
 from criproxy.ops.doctor import config_value, flag_value
+from criproxy.ops.exposition import text_format
+from criproxy.ops.status import format_status
 from criproxy.settings import ConfigError, config_from_args
 from tests.conftest import Cluster, start_cluster, stop_cluster
 from tests.fakeruntime import start_fake
@@ -418,6 +419,47 @@ def test_foreign_claims_are_counted_by_runtime_and_method() -> None:
     name = "criproxy_runtime_foreign_claims_total"
     assert f'{name}{{method="ListContainers",runtime="unit.a"}} 3.0' in text
     assert f'{name}{{method="ListPodSandbox",runtime="unit.a"}} 0.0' in text  # declared
+    metrics.forget_runtime("unit.a")
+
+
+def _answered(method: str, routed: list[str]) -> None:
+    metrics.request_started()
+    metrics.request_done(method, routed, grpc.StatusCode.OK, 0.01)
+
+
+def test_a_forgotten_runtime_has_no_series_and_late_counts_make_none() -> None:
+    metrics.declare_runtime("unit.b", ["ListContainers"], ["ListContainers"])
+    _answered("Version", ["unit.b"])
+    _answered("ListContainers", ["unit.b", "unit.c"])  # counted under '*'
+    metrics.runtime_skipped("unit.b", "ListContainers")
+    assert metrics.recent_rates(now=1000.0)["unit.b"]["rate"] == 0.0
+    metrics.forget_runtime("unit.b")
+    _answered("Version", ["unit.b"])  # answered as it left
+    metrics.last_answer_served("unit.b", "ListContainers")
+    metrics.foreign_claim_dropped("unit.b", "ListContainers")
+    text = text_format(metrics.collect()).decode()
+    assert 'runtime="unit.b"' not in text
+    assert 'criproxy_requests_total{code="OK",method="ListContainers",runtime="*"}' in text
+    assert "unit.b" not in metrics.recent_rates(now=1001.0)
+
+    metrics.declare_runtime("unit.b", ["ListContainers"], [])  # joins again: from 0
+    _answered("Version", ["unit.b"])
+    text = text_format(metrics.collect()).decode()
+    assert 'criproxy_fanout_skipped_total{method="ListContainers",runtime="unit.b"} 0.0' in text
+    assert 'criproxy_requests_total{code="OK",method="Version",runtime="unit.b"} 1.0' in text
+    assert metrics.recent_rates(now=1002.0)["unit.b"]["rate"] == 1 / 2
+    metrics.forget_runtime("unit.b")
+
+
+def test_status_shows_no_request_row_for_a_runtime_not_in_its_runtimes() -> None:
+    row = {"label": "primary", "state": "up", "worker_pid": 7, "restarts": 0,
+           "cri_version": "v1", "socket": "/run/p.sock", "last_error": None}
+    rates = {"rate": 2.0, "error_rate": 0.0, "p99": 0.01, "window": 60.0}
+    status = {"front_pid": 1, "listen": "/run/c.sock", "time": 100.0, "runtimes": [row],
+              "requests": {"primary": rates, "left.one": rates, "*": rates}}
+    text = format_status(status, 100.0)
+    assert "left.one" not in text
+    assert "primary " in text.split("REQUESTS")[1] and "* (several)" in text
 
 
 def test_kubelet_flag_and_config_parsing() -> None:

@@ -234,6 +234,7 @@ class Front:
 
     async def leave(self, name: str) -> None:
         link = self.dispatcher.remove_runtime(name)
+        metrics.forget_runtime(link.label)
         await self.health.set(HEALTH_PREFIX + link.label, _NOT_SERVING)
         await link.close()
         self._status_changed.set()

@@ -69,6 +69,9 @@ _foreign_claims: dict[tuple[str, str], int] = {}  # (runtime, method)
 _series: dict[tuple[str, str], _Tally] = {}   # (runtime, method)
 _tallies: dict[str, _Tally] = {}              # runtime
 _history: collections.deque = collections.deque()
+# Runtimes that left: a count still arriving for one (a call it was answering as it
+# left) makes no series again, until a runtime of that label joins.
+_gone: set[str] = set()
 _OK = grpc.StatusCode.OK
 
 
@@ -85,6 +88,8 @@ def request_done(method: str, routed: list[str], code: grpc.StatusCode,
     runtime = routed[0] if len(routed) == 1 else SEVERAL if routed else NONE
     series = _series.get((runtime, method))
     if series is None:
+        if runtime in _gone:
+            return
         tally = _tallies.get(runtime) or _tallies.setdefault(runtime, _Tally())
         series = _series[(runtime, method)] = _Tally(tally)
     bucket = bisect.bisect_left(BUCKETS, seconds)
@@ -150,14 +155,21 @@ def subscriber_left() -> None:
     _subscribers -= 1
 
 
+def _count(counts: dict[tuple[str, str], int], runtime: str, method: str, count: int) -> None:
+    key = (runtime, method)
+    if key in counts or runtime not in _gone:
+        counts[key] = counts.get(key, 0) + count
+
+
 def runtime_skipped(runtime: str, method: str) -> None:
-    _skipped[(runtime, method)] = _skipped.get((runtime, method), 0) + 1
+    _count(_skipped, runtime, method, 1)
 
 
 def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
                     last_answer_methods: Iterable[str]) -> None:
     """Export a runtime's List counters at 0 from the start: rate() then sees their
     first increase, and alert rules find every series they name."""
+    _gone.discard(runtime)
     for method in fan_out_methods:
         _skipped.setdefault((runtime, method), 0)
         _foreign_claims.setdefault((runtime, method), 0)
@@ -166,13 +178,26 @@ def declare_runtime(runtime: str, fan_out_methods: Iterable[str],
 
 
 def last_answer_served(runtime: str, method: str) -> None:
-    _last_answers[(runtime, method)] = _last_answers.get((runtime, method), 0) + 1
+    _count(_last_answers, runtime, method, 1)
 
 
 def foreign_claim_dropped(runtime: str, method: str, count: int = 1) -> None:
     """Count items of `runtime`'s answer to `method` about another runtime's pods,
     left out of what kubelet is shown."""
-    _foreign_claims[(runtime, method)] = _foreign_claims.get((runtime, method), 0) + count
+    _count(_foreign_claims, runtime, method, count)
+
+
+def forget_runtime(runtime: str) -> None:
+    """Drop every series of a runtime that left, and its `criproxy status` rates: a
+    scrape or status then shows it no more. Requests counted under several runtimes
+    ('*') stay counted there. (Its state gauges go with its link, see watch_links.)"""
+    _gone.add(runtime)
+    for counts in (_skipped, _last_answers, _foreign_claims, _series):
+        for key in [key for key in counts if key[0] == runtime]:
+            del counts[key]
+    _tallies.pop(runtime, None)
+    for _, snapshot in _history:  # or a runtime joining again under its label
+        snapshot.pop(runtime, None)  # would start from the old counts
 
 
 # --- runtime state, read from the links when scraped ---------------------------

@@ -100,10 +100,10 @@ def _format_requests(status: dict[str, Any]) -> list[str]:
     window = max((r["window"] for r in requests.values()), default=0.0)
     lines = [f"REQUESTS over the last {window:.0f}s",
              f"{'RUNTIME':<16} {'REQ/S':>8} {'ERR/S':>8} {'ERR%':>6} {'P99':>10}"]
-    order = [r["label"] for r in status["runtimes"]] + ["*", "none"]
-    for label in order + sorted(set(requests) - set(order)):
+    # A runtime's row only while it is one of the front's: not one that left.
+    for label in [r["label"] for r in status["runtimes"]] + list(_ROW_NAMES):
         rates = requests.get(label, {"rate": 0.0, "error_rate": 0.0, "p99": None})
-        if label not in order[:-2] and not rates["rate"]:
+        if label in _ROW_NAMES and not rates["rate"]:
             continue  # show the rows for several/no runtime only when they had traffic
         share = 100 * rates["error_rate"] / rates["rate"] if rates["rate"] else 0.0
         p99 = "-" if rates["p99"] is None else _duration(rates["p99"])
