@@ -36,6 +36,7 @@ from criproxy.record import podrecord
 from criproxy.registrations import Registration
 from criproxy.settings import Config, ConfigError
 from criproxy.wire import tracecontext
+from criproxy.wire.aiowait import wait_event
 
 log = logging.getLogger("criproxy.front")
 
@@ -333,10 +334,7 @@ class Front:
             self._status_changed.clear()
             wrote = time.monotonic()
             if self.write_status():
-                try:
-                    await asyncio.wait_for(self._status_changed.wait(), status_file.REFRESH)
-                except asyncio.TimeoutError:
-                    pass
+                await wait_event(self._status_changed, status_file.REFRESH)
             await asyncio.sleep(max(0.0, wrote + 1.0 - time.monotonic()))
 
     def write_status(self) -> bool:

@@ -15,6 +15,7 @@ import time
 from typing import Callable
 
 from criproxy.settings import Config
+from criproxy.wire.aiowait import wait_event
 
 
 class Liveness:
@@ -76,15 +77,7 @@ class Liveness:
                     # Judge the idle ping's answer in time, not at the next probe.
                     loop.call_later(self._config.worker_timeout + 0.05, self._judge)
             self._idle = not busy
-            # The deadline sets the event, instead of asyncio.wait_for: on Python 3.11
-            # wait_for swallows a cancel that comes as the event is set (a worker lost
-            # while the front stops), and close() then waited for this loop forever.
-            deadline = loop.call_later(max(0.001, pinged_at + interval - time.monotonic()),
-                                       self._wake.set)
-            try:
-                await self._wake.wait()
-            finally:
-                deadline.cancel()
+            await wait_event(self._wake, max(0.001, pinged_at + interval - time.monotonic()))
             self._wake.clear()
             self._idle = False
 

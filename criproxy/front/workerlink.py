@@ -21,6 +21,7 @@ import zmq
 from criproxy.front.liveness import Liveness
 from criproxy.settings import Config, Runtime
 from criproxy.wire import protocol, tracecontext
+from criproxy.wire.aiowait import wait_event
 from criproxy.wire.protocol import RuntimeState
 from criproxy.wire.zmqloop import LoopSocket
 
@@ -226,10 +227,7 @@ class WorkerLink:
         if timeout is not None:
             remaining = min(remaining, timeout)
         if remaining > 0:
-            try:
-                await asyncio.wait_for(self._settled.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass  # _check_up says why the runtime is not up
+            await wait_event(self._settled, remaining)  # if not, _check_up says why
 
     # --- the worker's socket -------------------------------------------------
 
