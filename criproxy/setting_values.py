@@ -6,6 +6,7 @@ right one looks like (settings.py adds the flag and the value given).
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -36,6 +37,40 @@ def stream_url(value: str) -> str:
     if value and not re.match(r"^https?://[^/]+", value):
         raise ValueError("must be an absolute http(s) URL")
     return value.rstrip("/")
+
+
+# A host a streaming URL may name (-streamHosts): an address or network, or a name.
+StreamHost = ipaddress.IPv4Network | ipaddress.IPv6Network | str
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+# Meant as an address or a network, not a name: digits and dots, a '/' or '[', or
+# two ':' (one is more likely a port).
+_IP_LIKE = re.compile(r"^([0-9.]+|.*[/\[].*|.*:.*:.*)$")
+
+
+def stream_hosts(value: str) -> tuple[StreamHost, ...]:
+    """Comma-separated IP addresses, CIDRs and host names; empty: none."""
+    if not value.strip():
+        return ()
+    return tuple(_stream_host(entry.strip()) for entry in value.split(","))
+
+
+def _stream_host(entry: str) -> StreamHost:
+    if not entry:
+        raise ValueError("an entry is empty")
+    try:
+        return ipaddress.ip_network(entry.removeprefix("[").removesuffix("]"))
+    except ValueError as err:
+        if _IP_LIKE.match(entry):
+            raise ValueError(f"{entry!r}: {err}") from None
+    if not _HOST_NAME.match(entry.lower()):
+        raise ValueError(f"{entry!r} is neither an IP address, a CIDR (10.0.0.0/8) "
+                         "nor a host name (give hosts without a port)")
+    return entry.lower()
+
+
+def stream_hosts_string(hosts: tuple[StreamHost, ...]) -> str:
+    return ",".join(map(str, hosts))
 
 
 def group(value: str) -> str:

@@ -189,6 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
             "port of the streaming server used to make relative streaming URLs absolute"),
     Setting("stream_url", "-streamUrl", "", check.stream_url,
             "base URL for relative streaming URLs (overrides -streamPort)"),
+    Setting("stream_hosts", "-streamHosts", (), check.stream_hosts,
+            "hosts a runtime's streaming URL may point at besides loopback and the node's "
+            "own addresses: comma-separated IPs, CIDRs and host names",
+            format=check.stream_hosts_string),
     Setting("list_budget", "-listBudget", 2.0, check.positive_float,
             "seconds a fan-out List call waits for a runtime before answering without it"),
     Setting("stale_for", "-staleFor", 180.0, check.positive_float,
@@ -233,6 +237,7 @@ class Config:
     logtostderr: bool
     stream_port: int
     stream_url: str
+    stream_hosts: tuple[check.StreamHost, ...]
     list_budget: float
     stale_for: float
     start_wait: float

@@ -231,7 +231,7 @@ class Model:
 
     def _Attach(self, r: Any) -> Message:
         self._container(r)
-        return v1.AttachResponse(url="http://10.0.0.9:10010/attach/" + r.container_id[:8])
+        return v1.AttachResponse(url="//127.0.0.1:10010/attach/" + r.container_id[:8])
 
     def _UpdateContainerResources(self, r: Any) -> Message:
         self._container(r)

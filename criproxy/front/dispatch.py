@@ -11,9 +11,7 @@ import asyncio
 import contextvars
 import copy
 import logging
-import socket
 from typing import Awaitable, Callable
-from urllib.parse import urlparse
 
 import grpc
 from cri_api.v1 import api_pb2 as v1
@@ -29,6 +27,7 @@ from criproxy.front.routing import (METHODS, RUNTIME_SERVICE, Digest, Method, Ru
                                     target_runtime_annotation)
 from criproxy.front.slim import slim_class
 from criproxy.front.slowlists import SlowLists
+from criproxy.front.streamurl import BadStreamUrl, StreamUrls, default_stream_base
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.record.podrecord import PodRecord
 from criproxy.settings import Config, HandlerRoute
@@ -44,14 +43,6 @@ _POD_LOOKUP_REFRESH = 1.0
 LIST_SANDBOXES = METHODS[RUNTIME_SERVICE + "ListPodSandbox"]
 
 
-def default_stream_base(port: int) -> str:
-    try:
-        address = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        address = "127.0.0.1"
-    return f"http://{address}:{port}"
-
-
 class Dispatcher(ListFanOut, EventStreams):
     def __init__(self, config: Config, links: dict[str, WorkerLink]) -> None:
         self.config = config
@@ -61,7 +52,8 @@ class Dispatcher(ListFanOut, EventStreams):
         self.record = PodRecord(config)
         self.slow_lists = SlowLists()
         self._merged_streams: set[asyncio.Queue] = set()
-        self.stream_base = config.stream_url or default_stream_base(config.stream_port)
+        self.stream_urls = StreamUrls(config.stream_url or default_stream_base(config.stream_port),
+                                      config.stream_hosts)
         self._rules: dict[Rule, Callable[[Method, Message, bytes, float | None],
                                          Awaitable[bytes]]] = {
             Rule.PRIMARY: self._to_primary,
@@ -169,16 +161,11 @@ class Dispatcher(ListFanOut, EventStreams):
         add_prefixes(response, runtime)
         if method.route.stream_url:
             try:
-                response.url = self._absolute_url(response.url)  # type: ignore[attr-defined]
-            except ValueError as err:
+                response.url = self.stream_urls.shown(response.url)  # type: ignore[attr-defined]
+            except BadStreamUrl as err:
                 raise self._bad_answer(runtime, method, method.response, err,
-                                       "a streaming URL that does not parse, in") from None
+                                       err.problem) from None
         return response.SerializeToString()
-
-    def _absolute_url(self, url: str) -> str:
-        if not url or urlparse(url).scheme:
-            return url
-        return self.stream_base + "/" + url.lstrip("/")
 
     async def _to_primary(self, method: Method, request: Message, raw: bytes,
                           timeout: float | None) -> bytes:
