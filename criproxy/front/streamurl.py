@@ -170,7 +170,7 @@ def _absolute_host(url: str, parts: SplitResult) -> str:
         raise BadStreamUrl(UNPARSED, f"{_shown(url)}: scheme {_cut(parts.scheme)!r} is not "
                                      "http or https")
     try:
-        parts.port  # noqa: B018 - read for its check: a port that is not 0..65535 raises
+        parts.port  # read for its check: a port that is not 0..65535, or no number, raises
     except ValueError as err:
         raise BadStreamUrl(UNPARSED, f"{_shown(url)}: {err}") from None
     if "@" in parts.netloc:
