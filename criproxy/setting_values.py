@@ -26,6 +26,19 @@ def positive_float(value: str) -> float:
     return number
 
 
+# An answer limit below a full node's ListContainers (about 1 KiB a container)
+# would fail relists; gRPC takes at most a signed 32-bit length.
+_ANSWER_BYTES = (1024 * 1024, 2**31 - 1)
+
+
+def answer_bytes(value: str) -> int:
+    size = int(value)
+    if not _ANSWER_BYTES[0] <= size <= _ANSWER_BYTES[1]:
+        raise ValueError(f"must be {_ANSWER_BYTES[0]}..{_ANSWER_BYTES[1]} bytes "
+                         "(kubelet's own limit is 16777216)")
+    return size
+
+
 def port(value: str) -> int:
     port = int(value)
     if not 0 < port < 65536:

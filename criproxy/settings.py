@@ -222,6 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("otlp_endpoint", "-otlpEndpoint", "", check.otlp_endpoint,
             "OTLP/gRPC collector to export criproxy's own trace spans to: host:port, "
             "unix:/path, or off (the trace context reaches the runtimes either way)"),
+    Setting("max_answer_bytes", "-maxAnswerBytes", 16 * 1024 * 1024, check.answer_bytes,
+            "largest answer (or event) taken from a runtime, in bytes; a larger one is that "
+            "runtime's bad answer (INTERNAL); default: kubelet's own limit"),
 )
 
 
@@ -248,6 +251,7 @@ class Config:
     socket_group: str
     metrics_address: str
     otlp_endpoint: str
+    max_answer_bytes: int
 
     def __post_init__(self) -> None:
         names = {r.name for r in self.connect}

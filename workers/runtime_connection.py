@@ -4,7 +4,8 @@ The channel forwards request bytes without decoding them (no serializers).
 Its state follows gRPC's connectivity: READY is UP; a refused or missing
 socket (TRANSIENT_FAILURE) is DOWN; anything else is CONNECTING. Calls made
 while the runtime is not UP fail at once with UNAVAILABLE naming the runtime,
-instead of waiting for a socket that is not there.
+instead of waiting for a socket that is not there. An answer over -maxAnswerBytes
+is the runtime's bad answer (INTERNAL naming it: criproxy/wire/answerlimit.py).
 """
 from __future__ import annotations
 
@@ -17,21 +18,22 @@ import grpc
 import grpc.aio
 
 from criproxy.settings import Runtime
+from criproxy.wire import answerlimit
 from criproxy.wire.protocol import RuntimeState
 
 log = logging.getLogger("criproxy.worker")
 
 Metadata = tuple[tuple[str, str], ...]
 
-MAX_MESSAGE = 64 * 1024 * 1024
+# Requests are kubelet's, at most its own 16 MiB; answers are bounded by -maxAnswerBytes.
+MAX_REQUEST = 64 * 1024 * 1024
 # Reconnect quickly after a runtime restart: gRPC's default backoff grows to
 # two minutes, which would keep a restarted runtime unused for that long. At
 # most 0.5 s (0.6 s with gRPC's jitter) between tries, so that a runtime whose
 # socket answers again is used within a second; while it is down that is two
 # connect() calls a second.
 _CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_REQUEST),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
@@ -57,13 +59,15 @@ class CallFailed(Exception):
 
 
 class RuntimeConnection:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, max_answer_bytes: int) -> None:
         self.runtime = runtime
+        self.max_answer_bytes = max_answer_bytes
         self.state = RuntimeState.CONNECTING
         self.reason = "starting"
         self.cri_version = ""
         self.since = time.monotonic()
-        self._channel = grpc.aio.insecure_channel(runtime.address, options=_CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(runtime.address, options=[
+            *_CHANNEL_OPTIONS, ("grpc.max_receive_message_length", max_answer_bytes)])
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         # Called after every state change (the worker tells the front at once).
         self.on_change: Callable[[], None] | None = None
@@ -158,11 +162,17 @@ class RuntimeConnection:
         try:
             return await callable_(body, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as err:
-            raise await self._failed(err) from None
+            raise await self._failed(method, err) from None
 
-    async def _failed(self, err: grpc.aio.AioRpcError) -> CallFailed:
-        """The runtime's own errors pass unchanged; a broken connection names the runtime."""
+    async def _failed(self, method: str, err: grpc.aio.AioRpcError) -> CallFailed:
+        """The runtime's own errors pass unchanged; a broken connection names the
+        runtime, and so does an answer over -maxAnswerBytes, which is its fault."""
         details = err.details() or ""
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            size = answerlimit.refused_size(details, self.max_answer_bytes)
+            if size is not None:
+                return CallFailed(grpc.StatusCode.INTERNAL, answerlimit.too_big(
+                    self.runtime.label, method, size, self.max_answer_bytes))
         if err.code() == grpc.StatusCode.UNAVAILABLE and not await self._still_connected():
             details = (f"runtime {self.runtime.label} ({self.runtime.socket}): "
                        f"connection lost: {details}")
@@ -190,7 +200,7 @@ class RuntimeConnection:
             async for item in call:
                 yield item
         except grpc.aio.AioRpcError as err:
-            raise await self._failed(err) from None
+            raise await self._failed(method, err) from None
         finally:
             call.cancel()
 

@@ -36,7 +36,7 @@ class Worker:
         self.socket_path = config.worker_socket(runtime)
         self.incarnation = secrets.token_hex(8)
         self.started = time.monotonic()
-        self.connection = RuntimeConnection(runtime)
+        self.connection = RuntimeConnection(runtime, config.max_answer_bytes)
         self.tracer = spans.load_tracer(config.otlp_endpoint, "worker", runtime.label)
         self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
         self._stop = asyncio.Event()

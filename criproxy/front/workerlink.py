@@ -20,7 +20,7 @@ import zmq
 
 from criproxy.front.liveness import Liveness
 from criproxy.settings import Config, Runtime
-from criproxy.wire import protocol, tracecontext
+from criproxy.wire import answerlimit, protocol, tracecontext
 from criproxy.wire.aiowait import wait_event
 from criproxy.wire.protocol import RuntimeState
 from criproxy.wire.zmqloop import LoopSocket
@@ -279,10 +279,17 @@ class WorkerLink:
         elif kind == protocol.REPLY:
             self._finish(message["id"], pending, message["b"])
         elif kind == protocol.ERROR:
-            self._finish(message["id"], pending,
-                         CallError(status_code(message["c"]), message["s"]))
+            self._finish(message["id"], pending, self._error(message))
         elif kind == protocol.END:
             self._finish(message["id"], pending, None)
+
+    def _error(self, message: dict[str, Any]) -> CallError:
+        """The worker's (code, message); an answer over -maxAnswerBytes is a bad one."""
+        error = CallError(status_code(message["c"]), message["s"])
+        if error.code == grpc.StatusCode.INTERNAL and \
+                answerlimit.is_too_big(self.label, error.message):
+            self.note_bad_answer(error.message)
+        return error
 
     def _queue_item(self, request_id: int, pending: _Pending, item: bytes) -> None:
         """Queue a stream item; a reader that fell this far behind loses its stream."""
@@ -391,14 +398,15 @@ class WorkerLink:
             self._cancel(request_id)
 
     def note_bad_answer(self, message: str) -> None:
-        """The runtime answered bytes that do not decode: counted, shown in status,
+        """The runtime answered what criproxy cannot take (bytes that do not decode,
+        a refused streaming URL, more than -maxAnswerBytes): counted, shown in status,
         and logged at most once a minute (a relist a second would flood the log)."""
         self.bad_answers += 1
         self.last_bad_answer = message
         now = time.monotonic()
         if now - self._bad_answer_logged >= _BAD_ANSWER_LOG_EVERY:
             self._bad_answer_logged = now
-            log.warning("%s (%d undecodable answers so far)", message, self.bad_answers)
+            log.warning("%s (%d bad answers so far)", message, self.bad_answers)
 
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.runtime.name, "label": self.label, "socket": self.runtime.socket,
