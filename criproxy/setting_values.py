@@ -26,6 +26,18 @@ def positive_float(value: str) -> float:
     return number
 
 
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number > 0")
+    return number
+
+
+def rate(value: str) -> float:
+    """So many a second (a parser of its own: positive_float values are seconds)."""
+    return positive_float(value)
+
+
 # An answer limit below a full node's ListContainers (about 1 KiB a container)
 # would fail relists; gRPC takes at most a signed 32-bit length.
 _ANSWER_BYTES = (1024 * 1024, 2**31 - 1)

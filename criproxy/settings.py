@@ -225,6 +225,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_answer_bytes", "-maxAnswerBytes", 16 * 1024 * 1024, check.answer_bytes,
             "largest answer (or event) taken from a runtime, in bytes; a larger one is that "
             "runtime's bad answer (INTERNAL); default: kubelet's own limit"),
+    Setting("event_rate", "-eventRate", 100.0, check.rate,
+            "events a second each runtime may add to the merged event stream, beyond "
+            "-eventBurst; a runtime over it has its events cut for a while"),
+    Setting("event_burst", "-eventBurst", 1000, check.positive_int,
+            "events a runtime may send at once before -eventRate applies"),
 )
 
 
@@ -252,6 +257,8 @@ class Config:
     metrics_address: str
     otlp_endpoint: str
     max_answer_bytes: int
+    event_rate: float
+    event_burst: int
 
     def __post_init__(self) -> None:
         names = {r.name for r in self.connect}
