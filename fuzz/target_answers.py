@@ -31,6 +31,7 @@ from criproxy.front.rewrite import add_prefixes, strip_prefixes
 from criproxy.front.routing import METHODS, Method, Rule
 from criproxy.front.slim import slim_class
 from criproxy.front.workerlink import CallError
+from criproxy.record.owners import PodOwners
 from fuzz import builder, harness
 from fuzz.mutator import message_mutator
 from fuzz.provider import Provider
@@ -84,7 +85,7 @@ def test_one_input(data: bytes) -> None:
         link.stream_ends = name == bad  # the merged stream ends after the bad one's events
     request = kubelet_request(method, bad, links[bad].model)
     outcome = harness.run(_call(dispatcher, method, request))
-    check_outcome(method, bad, answer, outcome, links)
+    check_outcome(method, bad, answer, outcome, links, dispatcher.owners)
     check_record(dispatcher, links, bad)
 
 
@@ -140,7 +141,7 @@ def _decodes(message_class: type[Message], raw: bytes) -> bool:
 
 
 def check_outcome(method: Method, bad: str, answer: bytes, outcome: object,
-                  links: dict[str, harness.FakeLink]) -> None:
+                  links: dict[str, harness.FakeLink], owners: PodOwners) -> None:
     if isinstance(outcome, list):
         # The merged event stream: an event that does not decode is dropped, the
         # stream and the other runtimes' events kept.
@@ -169,14 +170,17 @@ def check_outcome(method: Method, bad: str, answer: bytes, outcome: object,
         assert links[bad].bad_answers, \
             f"merged {method.name}: runtime {bad!r}'s undecodable answer left no note"
     if merged:
-        # The healthy runtimes' objects are all there.
+        # The healthy runtimes' objects are all there, but for those of a pod that the
+        # bad runtime listed first (in -connect order) and so owns (record/owners.py).
         response = method.response.FromString(outcome)
         if method.name == "ListPodSandbox":
             shown = {s.id for s in response.items}
             for name, link in links.items():
                 if name != bad:
-                    for sid in link.model.sandboxes:
-                        assert (f"{name}__{sid}" if name else sid) in shown, \
+                    for sid, sandbox in link.model.sandboxes.items():
+                        owner = owners.owner(sandbox.metadata.uid)
+                        assert (f"{name}__{sid}" if name else sid) in shown or \
+                            owner is not None and owner.runtime == bad, \
                             f"merged ListPodSandbox lost runtime {name!r}'s sandbox {sid}"
     elif full_ok and method.route.rule != Rule.FAN_OUT:
         method.response.FromString(outcome)

@@ -4,10 +4,11 @@
   restarts, as a real runtime keeps them on disk: a restarted runtime still has
   its pods, so a test can tell "the runtime restarted" from "its pods are gone".
 - A control file (`--control`), JSON `{"delays": {"ListPodSandbox": 3.0},
-  "failures": {"Version": ["UNKNOWN", "not ready"]}, "garbage": {"ListImages": HEX}}`,
-  read on every call: slow a method down, make it fail, or make it answer these
-  bytes instead of its answer (a misbehaving runtime), and undo that, without a
-  restart.
+  "failures": {"Version": ["UNKNOWN", "not ready"]}, "garbage": {"ListImages": HEX},
+  "lies": {"ListPodSandbox": HEX}}`, read on every call: slow a method down, make
+  it fail, make it answer these bytes instead of its answer (a misbehaving
+  runtime) or add these bytes to its answer (a lying one), and undo that,
+  without a restart.
 """
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ class Control:
         failure = self._knobs().get("failures", {}).get(method)
         return None if failure is None else (grpc.StatusCode[failure[0]], failure[1])
 
+    def lie(self, method: str) -> bytes:
+        """Bytes appended to the method's true answer now (protobuf reads them as more
+        items of its lists, or merged into its object): a runtime that lies."""
+        return bytes.fromhex(self._knobs().get("lies", {}).get(method, ""))
+
     def garbage(self, method: str) -> bytes | None:
         """The bytes the method answers now instead of its answer, if the test says so."""
         answer = self._knobs().get("garbage", {}).get(method)
@@ -76,11 +82,13 @@ class Control:
 
 def set_delays(path: Path, delays: dict[str, float],
                failures: dict[str, tuple[str, str]] | None = None,
-               garbage: dict[str, bytes] | None = None) -> None:
+               garbage: dict[str, bytes] | None = None,
+               lies: dict[str, bytes] | None = None) -> None:
     """Test side: change a running fake's delays, failures (method -> (CODE, message))
     and garbage answers (method -> bytes)."""
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps({
         "delays": delays, "failures": failures or {},
-        "garbage": {method: raw.hex() for method, raw in (garbage or {}).items()}}))
+        "garbage": {method: raw.hex() for method, raw in (garbage or {}).items()},
+        "lies": {method: raw.hex() for method, raw in (lies or {}).items()}}))
     os.replace(temporary, path)

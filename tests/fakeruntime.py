@@ -175,12 +175,13 @@ class CriHandler(grpc.GenericRpcHandler):
             await context.abort(error.code, error.message)
         if self.state_file is not None:
             fakeknobs.save_state(self.state_file, self.state.sandboxes, self.state.containers)
-        return response.SerializeToString()
+        return response.SerializeToString() + self.control.lie(method.name)
 
     async def _stream(self, method: CriMethod, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         await self._admit(method, path, raw, context)
         async for event in self.state.events():
-            yield self.control.garbage(method.name) or event.SerializeToString()
+            yield self.control.garbage(method.name) or \
+                event.SerializeToString() + self.control.lie(method.name)
 
     async def _unknown(self, path: str, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         # Journaled too, so tests can see e.g. v1alpha2 calls that reached the runtime.

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from criproxy.front import imagepods
 from criproxy.front.callerrors import BadAnswer, check_version, parse
+from criproxy.front.claims import ForeignClaims
 from criproxy.front.eventstream import EventStreams
 from criproxy.front.fanout import ListFanOut
 from criproxy.front.naming import PRIMARY, Names
@@ -29,6 +30,7 @@ from criproxy.front.slim import slim_class
 from criproxy.front.slowlists import SlowLists
 from criproxy.front.streamurl import BadStreamUrl, StreamUrls, default_stream_base
 from criproxy.front.workerlink import CallError, WorkerLink
+from criproxy.record.owners import PodOwners
 from criproxy.record.podrecord import PodRecord
 from criproxy.settings import Config, HandlerRoute
 
@@ -50,6 +52,8 @@ class Dispatcher(ListFanOut, EventStreams):
         self._registered_handlers: dict[str, tuple[HandlerRoute, ...]] = {}
         self.names = Names(list(links), config.runtime_handlers)
         self.record = PodRecord(config)
+        self.owners = PodOwners(config.rundir, list(links))
+        self.claims = ForeignClaims(self.owners, self.record.newest_sandbox, self._label)
         self.slow_lists = SlowLists()
         self._merged_streams: set[asyncio.Queue] = set()
         self.stream_urls = StreamUrls(config.stream_url or default_stream_base(config.stream_port),
@@ -71,12 +75,15 @@ class Dispatcher(ListFanOut, EventStreams):
         self.links[link.runtime.name] = link
         if link.runtime.name not in self.record.runtimes:
             self.record.add_runtime(link.runtime)
+        self.owners.runtime_joined(link.runtime.name)
         self.set_handlers(link.runtime.name, handlers)
         self._end_merged_streams(f"runtime {link.label} joined")
 
     def remove_runtime(self, name: str) -> WorkerLink:
         link = self.links.pop(name)
         self.record.remove_runtime(name)
+        self.owners.runtime_left(name)
+        self.claims.forget(name)
         self.slow_lists.forget(name)
         self.set_handlers(name, ())
         self._end_merged_streams(f"runtime {link.label} left")
@@ -107,15 +114,36 @@ class Dispatcher(ListFanOut, EventStreams):
         changed = self._fit_request(runtime, request, images_follow_pod)
         body = raw if runtime == PRIMARY and not changed else request.SerializeToString()
         answer = await self._call(runtime, method, body, timeout)
-        shown = self._present(runtime, method, answer, whole)
+        own = self._own_claims(runtime, method, answer)
+        if own is None:
+            raise CallError(grpc.StatusCode.NOT_FOUND,
+                            f"runtime {self._label(runtime)} answered {method.name} about a "
+                            "pod that another runtime owns (criproxy status says which)")
+        shown = self._present(runtime, method, own, whole)
         self._observe(runtime, method, request, answer)
         return shown
+
+    def _own_claims(self, runtime: str, method: Method, answer: bytes,
+                    complete: bool = False) -> bytes | None:
+        """The answer less its claims about other runtimes' pods (claims.py); None
+        when it is all about one."""
+        try:
+            return self.claims.own_answer(runtime, method.name, method.response, answer,
+                                          complete)
+        except DecodeError as err:
+            raise self._bad_answer(runtime, method, method.response, err) from None
 
     def _observe(self, runtime: str, method: Method, request: Message, answer: bytes) -> None:
         try:
             self.record.observe(runtime, method.name, request, answer)
         except DecodeError as err:
             raise self._bad_answer(runtime, method, method.response, err) from None
+        if method.name == "RunPodSandbox":
+            self.owners.place(request.config.metadata.uid, runtime)  # type: ignore[attr-defined]
+
+    def _label(self, runtime: str) -> str:
+        link = self.links.get(runtime)
+        return link.label if link is not None else runtime or "primary"
 
     def _decode_answer(self, runtime: str, method: Method, message_class: type[Message],
                        answer: bytes) -> Message:

@@ -38,7 +38,8 @@ _EVENT_QUEUE = 1024
 
 class EventStreams:
     """The Dispatcher's merged event streams: a mixin of Dispatcher (front/dispatch.py),
-    whose links and _present it uses; it keeps the open streams in _merged_streams."""
+    whose links, _own_claims and _present it uses; it keeps the open streams in
+    _merged_streams."""
 
     async def stream_merge(self, method: Method, raw: bytes) -> AsyncIterator[bytes]:
         """Every runtime's stream, merged; a runtime that drops out is re-subscribed."""
@@ -100,7 +101,8 @@ class EventStreams:
         """An event as kubelet sees it; one that does not decode is dropped (and
         counted), not the runtime's stream with it."""
         try:
-            return self._present(runtime, method, item, whole=True)
+            own = self._own_claims(runtime, method, item)
+            return None if own is None else self._present(runtime, method, own, whole=True)
         except BadAnswer as bad:
             log.warning("%s: dropping an event: %s", method.name, bad.message)
             return None

@@ -22,13 +22,16 @@ from criproxy.ops import metrics
 
 log = logging.getLogger("criproxy.front")
 
+LIST_SANDBOXES = "ListPodSandbox"
+
 # Share of the caller's remaining time a fan-out spends waiting for runtimes.
 _CALLER_SHARE = 0.8
 
 
 class ListFanOut:
     """The Dispatcher's fan-out Lists: a mixin of Dispatcher (front/dispatch.py), whose
-    links, record, names, slow_lists, _call, _fit_request, _forward and _present it uses."""
+    links, record, owners, names, slow_lists, _call, _fit_request, _forward, _own_claims
+    and _present it uses."""
 
     async def _fan_out(self, method: Method, request: Message, raw: bytes,
                        timeout: float | None) -> bytes:
@@ -131,11 +134,16 @@ class ListFanOut:
     def _fresh_part(self, runtime: str, method: Method, request: Message, answer: bytes,
                     sent_seq: int) -> bytes | BadAnswer:
         """A runtime's answer as its part of a merged List, or why it cannot be one."""
+        complete = (method.name == LIST_SANDBOXES and
+                    not request.filter.ByteSize())  # type: ignore[attr-defined]
         try:
-            shown = self._present(runtime, method, answer, whole=True)
+            own = self._own_claims(runtime, method, answer, complete)
+            shown = self._present(runtime, method, own, whole=True)
         except BadAnswer as bad:
             return bad
-        self.record.answered(runtime, method.name, request, answer, sent_seq)
+        self.record.answered(runtime, method.name, request, own, sent_seq)
+        if complete:
+            self.owners.listed(runtime, own)
         return shown
 
     def _last_answer(self, runtime: str, method: Method, request: Message,
@@ -145,7 +153,7 @@ class ListFanOut:
             self._log_skipped(method, self.links[runtime], err)
             return None
         metrics.last_answer_served(self.links[runtime].label, method.name)
-        return self._present(runtime, method, last)
+        return self._present(runtime, method, self._own_claims(runtime, method, last))
 
     def _log_skipped(self, method: Method, link: WorkerLink, err: CallError) -> None:
         metrics.runtime_skipped(link.label, method.name)

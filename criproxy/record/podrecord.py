@@ -244,6 +244,14 @@ class PodRecord:
                     found.append((sandbox.created_at, name))
         return max(found)[1] if found else None
 
+    def newest_sandbox(self, runtime: str, uid: str) -> int | None:
+        """When the runtime's newest sandbox of the pod was created, if it has one."""
+        record = self.runtimes.get(runtime)
+        if record is None:
+            return None
+        return max((s.created_at for s in record.view().sandboxes.values()
+                    if s.metadata.uid == uid), default=None)
+
     def sandboxes_older_than(self, seconds: float) -> bool:
         """Whether some runtime's sandboxes are known only from an answer this old, or
         from none."""
