@@ -179,6 +179,25 @@ def _check_handlers(found: Registration, taken: set[str], others: Any) -> None:
                                   f"runtime {other.name} already")
 
 
+def within_limit(found: dict[str, Registration], kept: set[str],
+                 limit: int) -> tuple[dict[str, Registration], list[Refusal]]:
+    """The newcomers among `found` that fit beside the `kept` runtimes under
+    -maxRuntimes, and the refusals of the rest. A kept runtime keeps its place (one
+    whose socket is gone too: it holds a worker until it leaves); newcomers take
+    the places left in name order, so a flood of entries never displaces one."""
+    room = limit - len(kept)
+    admitted: dict[str, Registration] = {}
+    refused: list[Refusal] = []
+    for name in sorted(set(found) - kept):
+        if len(admitted) < room:
+            admitted[name] = found[name]
+        else:
+            refused.append(Refusal(name + SOCKET_SUFFIX, (
+                f"{limit} runtimes are registered already, the most -maxRuntimes allows; "
+                "it registers once one leaves")))
+    return admitted, refused
+
+
 # --- the published list (registrar -> front, status, doctor) ------------------------
 
 def publish(rundir: Path, directory: Path, registered: list[Registration],

@@ -230,6 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
             "-eventBurst; a runtime over it has its events cut for a while"),
     Setting("event_burst", "-eventBurst", 1000, check.positive_int,
             "events a runtime may send at once before -eventRate applies"),
+    Setting("max_runtimes", "-maxRuntimes", 8, check.positive_int,
+            "runtimes that may be registered in -runtimesDir at once; more are refused"),
 )
 
 
@@ -259,6 +261,7 @@ class Config:
     max_answer_bytes: int
     event_rate: float
     event_burst: int
+    max_runtimes: int
 
     def __post_init__(self) -> None:
         names = {r.name for r in self.connect}

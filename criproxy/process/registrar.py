@@ -11,7 +11,8 @@ every change looks again (criproxy/registrations.py says what registers):
   restarting runtime removes and re-creates its socket; after that the
   runtime leaves: its worker is stopped and its program removed;
 - a refused entry (bad name, name or handler taken, not a socket, owned by
-  another user, a directory others can write) is logged once and published.
+  another user, a directory others can write, one runtime more than
+  -maxRuntimes) is logged once and published.
 
 What it decided is published in the runtime dir (registrations.publish) for
 the front, `criproxy status` and `criproxy doctor`. Leaving is checked on
@@ -144,11 +145,17 @@ class Registrar(EventPlugin):
     def _look(self) -> None:
         found = registrations.scan(self.directory, self._taken_names, self._taken_handlers)
         self._set_problem(found.problem or self._watch_problem)
-        self._note_refusals(found.refused)
         now = time.time()
-        decided = {name: self._decide(name, found.registered.get(name), now)
-                   for name in sorted(set(self.known) | set(found.registered))}
-        self.known = {name: reg for name, reg in decided.items() if reg is not None}
+        kept = {name: self._decide(name, found.registered.get(name), now)
+                for name in self.known}
+        kept = {name: reg for name, reg in kept.items() if reg is not None}
+        # After the leaving: a place a runtime left is free for a newcomer at once.
+        newcomers, over = registrations.within_limit(found.registered, set(kept),
+                                                     self.config.max_runtimes)
+        self._note_refusals(found.refused + over)
+        for name, reg in newcomers.items():
+            self._decide(name, reg, now)  # logs the registration
+        self.known = dict(sorted({**kept, **newcomers}.items()))
         self._sync_programs()
         self._publish()
 
