@@ -25,7 +25,7 @@ from tests.fakeknobs import set_delays
 from tests.fakeruntime import GRPC_OPTIONS, FakeRuntime, start_fake
 from tests.harness import Proxy, short_dir, start_proxy
 from tests.routing_util import TARGET, unique, wait_until
-from tests.test_observability import sample, scrape
+from tests.test_observability import run_cli, sample, scrape
 
 UID, NAME = kubelet_beliefs.UID_LABEL, kubelet_beliefs.NAME_LABEL
 LIAR_SANDBOX, LIAR_CONTAINER = "liar-sandbox", "liar-container"
@@ -174,6 +174,22 @@ def test_a_runtime_listing_a_copy_of_another_runtimes_pod_changes_nothing_kubele
     assert node.proxy.runtime_status(owner)["foreign_claims"] == 0
     wait_until(lambda: f"runtime alt claims pod {pod.uid}" in node.proxy.log(), 5,
                "the claim in the log")
+
+
+def test_status_and_doctor_say_which_runtime_claims_whose_pods(node: Node) -> None:
+    pod = run_pod(node.rt(), "vm.cloud")
+    node.lie(**fake_copy(pod, cri.SANDBOX_READY, cri.CONTAINER_RUNNING))
+    relist(node.rt())
+    wait_until(lambda: node.proxy.runtime_status("alt")["foreign_claims"] > 0, 5,
+               "the status file to count alt's claims")
+    status = run_cli("status", "-rundir", str(node.proxy.rundir)).stdout
+    assert "claims pods of vm.cloud: " in status and pod.uid in status
+    proc = node.base / "proc"   # an empty /proc: no kubelet to check on this node
+    proc.mkdir()
+    doctor = run_cli("doctor", "-rundir", str(node.proxy.rundir), "--proc", str(proc),
+                     "--kubelet-config", str(proc / "none.yaml")).stdout
+    assert "WARN runtime alt claims pods of vm.cloud" in doctor
+    assert "runtime vm.cloud claims" not in doctor
 
 
 def test_the_lie_never_enters_the_last_answers_and_survives_no_restart(node: Node) -> None:

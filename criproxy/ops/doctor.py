@@ -6,7 +6,8 @@
 
 Checks: every runtime socket answers CRI Version (and which CRI version it
 speaks), runtime names kubelet would mangle, the listen socket (stale,
-wrongly owned, not criproxy), the runtime dir's owner and mode, whether
+wrongly owned, not criproxy), the runtime dir's owner and mode, runtimes the
+running front caught claiming other runtimes' pods, whether
 kubelet (its command line and its config file) points at the listen socket,
 and (doctor_systemd) criproxy.service's state and kubelet's drop-in.
 Exit code 1 when something must be fixed, 2 when there is no set-up to check.
@@ -27,7 +28,7 @@ import grpc
 from cri_api.v1 import api_pb2
 from criproxy.ops import doctor_registrations, doctor_systemd
 from criproxy.ops.findings import FAIL, OK, TIMEOUT, WARN, Finding, probe_socket
-from criproxy.ops.status import staleness
+from criproxy.ops.status import claims_line, staleness
 from criproxy.settings import (EXIT_CONFIG_ERROR, ConfigError, Config, Runtime, build_parser,
                                config_from_args, load_settings_file)
 
@@ -139,6 +140,16 @@ def _running_front(config: Config) -> dict | None:
     if not isinstance(status, dict) or staleness(status, time.time()):
         return None
     return status
+
+
+def check_claims(config: Config) -> list[Finding]:
+    """Runtimes the running front caught answering about other runtimes' pods."""
+    status = _running_front(config)
+    return [Finding(WARN, f"runtime {r['label']} {claims_line(r)}",
+                    f"runtime {r['label']} lists pods it does not run (a bug, or a runtime "
+                    "that is not to be trusted): criproxy keeps kubelet from acting on them; "
+                    "check that runtime")
+            for r in (status or {}).get("runtimes", []) if r.get("foreign_claims")]
 
 
 def check_listen(config: Config, unit_explains: bool = False) -> list[Finding]:
@@ -313,6 +324,7 @@ def diagnose(config: Config, proc: str = "/proc", kubelet_config: str = KUBELET_
     found += check_rundir(config)
     found += doctor_systemd.check_unit(unit, config.listen)
     found += check_listen(config, unit is not None and unit.explains_listen)
+    found += check_claims(config)
     found += check_kubelet(config, proc, kubelet_config)
     found += doctor_systemd.check_drop_ins(root, config.listen)
     return found

@@ -68,12 +68,21 @@ def format_status(status: dict[str, Any], now: float) -> str:
         if r.get("bad_answers"):
             lines.append(f"{'':<16} misbehaving: {r['bad_answers']} answers that do not "
                          f"decode; last: {r['last_bad_answer']}")
+        if r.get("foreign_claims"):
+            lines.append(f"{'':<16} {claims_line(r)}")
     lines += _format_requests(status)
     if status.get("metrics"):
         lines.append(f"metrics: http {status['metrics']}/metrics")
     elif status.get("metrics_error"):
         lines.append(f"metrics: not served: {status['metrics_error']}")
     return "\n".join(lines)
+
+
+def claims_line(runtime: dict[str, Any]) -> str:
+    """A runtime that answered about other runtimes' pods (front/claims.py)."""
+    return (f"claims pods of {', '.join(runtime['claims_pods_of'])}: "
+            f"{runtime['foreign_claims']} items about them dropped; "
+            f"last: {runtime['last_foreign_claim']}")
 
 
 def _lists(runtime: dict[str, Any], since_written: float) -> str:
