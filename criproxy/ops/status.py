@@ -66,8 +66,8 @@ def format_status(status: dict[str, Any], now: float) -> str:
                      f"{r['restarts']:>8} {r['cri_version'] or '-':<4} {_lists(r, now - status['time']):<22} "
                      f"{r['socket']:<36} {r['last_error'] or '-'}")
         if r.get("bad_answers"):
-            lines.append(f"{'':<16} misbehaving: {r['bad_answers']} answers that do not "
-                         f"decode; last: {r['last_bad_answer']}")
+            lines.append(f"{'':<16} misbehaving: {r['bad_answers']} bad answers (undecodable, "
+                         f"too big, a stream URL off the node); last: {r['last_bad_answer']}")
         if r.get("foreign_claims"):
             lines.append(f"{'':<16} {claims_line(r)}")
     lines += _format_requests(status)
