@@ -207,8 +207,10 @@ def lc() -> Iterator[Cluster]:
     connect = (f"{fakes['primary'].socket},alt:{fakes['alt'].socket},"
                f"vm.cloud:{fakes['vm.cloud'].socket}")
     # -v 1: no line per failed call (the abandoned calls would flood the log).
-    proxy = start_proxy(connect, "-streamUrl", STREAM_URL, workdir=base,
-                        wait_for=list(fakes), verbosity=1)
+    # The event storms here test slow subscribers, not a flooding runtime: no rate cut.
+    proxy = start_proxy(connect, "-streamUrl", STREAM_URL, "-eventRate", "100000",
+                        "-eventBurst", "100000", workdir=base, wait_for=list(fakes),
+                        verbosity=1)
     cluster = Cluster(proxy, fakes, base)
     cluster.pids = proxy_pids(cluster)  # type: ignore[attr-defined]
     yield cluster
