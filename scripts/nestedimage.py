@@ -4,10 +4,12 @@
 
 The image is what deploy/runtime-daemonset/ runs: Debian's `containerd`,
 `containerd-shim-runc-v2`, `ctr` and `runc`, the shared libraries `ldd` names for them,
-busybox (the layer of ociimage.py) and a small entrypoint. Two tags share the layers:
-`NESTED_IMAGES[0]` (":1") and `NESTED_IMAGES[1]` (":2", another label, so another image
-id and digest: an upgrade to it recreates the container). Import the tar into a containerd
-with containerd_instance.import_images (native snapshotter, namespace k8s.io).
+busybox (the layer of ociimage.py) and the scripts of deploy/runtime-daemonset/image/ (the
+entrypoint; the shim wrapper that starts each shim outside the runtime's container). Two
+tags share the layers: `NESTED_IMAGES[0]` (":1") and `NESTED_IMAGES[1]` (":2", another
+label, so another image id and digest: an upgrade to it recreates the container). Import
+the tar into a containerd with containerd_instance.import_images (native snapshotter,
+namespace k8s.io).
 """
 from __future__ import annotations
 
@@ -27,14 +29,18 @@ from ociimage import CREATED, add_blob, busybox_layer
 NESTED_REPO = "docker.io/criproxy/nested-containerd"
 NESTED_IMAGES = (f"{NESTED_REPO}:1", f"{NESTED_REPO}:2")
 BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr", "runc")
+# Where a binary goes when not in /usr/bin: the runc shim's place is its wrapper's.
+BINARY_PATHS = {"containerd-shim-runc-v2": "usr/libexec/nested-runtime/containerd-shim-runc-v2"}
+# The image's own scripts (deploy/runtime-daemonset/image/, each says why) and their paths.
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "deploy" / "runtime-daemonset" / "image"
+SCRIPTS = {"nested-containerd-entrypoint": "usr/local/bin/nested-containerd-entrypoint",
+           "nested-containerd-run": "usr/local/bin/nested-containerd-run",
+           "nested-shim-cgroup": "usr/local/bin/nested-shim-cgroup",
+           "containerd-shim-runc-v2": "usr/bin/containerd-shim-runc-v2"}
+# What the entrypoint names its copy of the image's files on the node after: a digest of
+# this layer's files, so images of the same content (":1" and ":2") share one copy.
+VERSION_FILE = "etc/nested-runtime-version"
 ENTRYPOINT = "/usr/local/bin/nested-containerd-entrypoint"
-ENTRYPOINT_SCRIPT = b"""#!/bin/sh
-# Start the nested containerd with the config the pod wrote (argument 1).
-set -e
-config=${1:-/etc/containerd/config.toml}
-echo "nested runtime: $(containerd --version); $(runc --version | head -n 1)"
-exec containerd --config "$config"
-"""
 MTIME = 1704067200
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"  # uncompressed: ~100 MB gzips slowly
 
@@ -51,18 +57,30 @@ def shared_libraries(binary: Path) -> list[str]:
     return paths
 
 
+def content_digest(files: dict[str, tuple[bytes, int]]) -> str:
+    """16 hex digits of sha256 over every path, mode and content."""
+    digest = hashlib.sha256()
+    for path, (data, mode) in sorted(files.items()):
+        digest.update(f"{path}\0{mode:o}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
 def runtime_layer() -> bytes:
-    """An uncompressed, reproducible tar: the four binaries in /usr/bin, their libraries at
-    the paths ldd names, the entrypoint, and the directories a containerd config uses."""
+    """An uncompressed, reproducible tar: the four binaries (in /usr/bin but the runc shim),
+    their libraries at the paths ldd names, the image's scripts (the runc shim's wrapper in
+    its place), its version, and the directories a containerd config uses."""
     files: dict[str, tuple[bytes, int]] = {}
     for name in BINARIES:
         found = shutil.which(name)
         if not found:
             raise RuntimeError(f"{name} is not installed (Debian packages containerd, runc)")
-        files[f"usr/bin/{name}"] = (Path(found).read_bytes(), 0o755)
+        files[BINARY_PATHS.get(name, f"usr/bin/{name}")] = (Path(found).read_bytes(), 0o755)
         for lib in shared_libraries(Path(found)):
             files[lib.lstrip("/")] = (Path(lib).resolve().read_bytes(), 0o755)
-    files[ENTRYPOINT.lstrip("/")] = (ENTRYPOINT_SCRIPT, 0o755)
+    for name, path in SCRIPTS.items():
+        files[path] = ((SCRIPTS_DIR / name).read_bytes(), 0o755)
+    files[VERSION_FILE] = (content_digest(files).encode() + b"\n", 0o644)
     dirs = {"etc/containerd", "run", "var/lib", "opt"}
     for path in files:
         parts = path.split("/")[:-1]

@@ -36,11 +36,18 @@ import nestedimage  # noqa: E402  (scripts/nestedimage.py)
 
 MANIFEST = REPO / "deploy" / "runtime-daemonset" / "nested-containerd.yaml"
 NODE_PATHS = {"/run/criproxy-runtimes": "registration", "/var/log/pods": "pod-logs",
-              "/var/lib/kubelet/pods": "kubelet-pods", "/var/lib/nested-runtime": "state"}
+              "/var/lib/kubelet/pods": "kubelet-pods", "/var/lib/nested-runtime": "state",
+              "/run/nested-runtime": "run"}
 TARGET_RUNTIME = "kubernetes.io/target-runtime"
 UID_LABEL = "io.kubernetes.pod.uid"
 CALL_TIMEOUT = 30
 LIST_BUDGET = 2.0
+# Longer than any restart's gap without a socket here (about a second), short enough to
+# watch a runtime really leave.
+LEAVE_AFTER = 8.0
+# A nested pod's workload: prints what is written to its fifo /say, so that its log can be
+# made to grow on demand (say), while its main process (the shell) runs on unchanged.
+LISTENS = "mkfifo /say; while :; do cat /say; done"
 
 
 def timed(call: Callable[[], object]) -> tuple[float, grpc.RpcError | None]:
@@ -92,6 +99,7 @@ class Site:
     via: Cri | None = None
     runtime_pods: list[RuntimePod] = field(default_factory=list)
     nested_pods: list[NestedPod] = field(default_factory=list)
+    gone_pods: list[NestedPod] = field(default_factory=list)  # removed through criproxy
 
     # ------------------------------------------------------------ the manifest's words
 
@@ -120,6 +128,11 @@ class Site:
         return f"/criproxy-{self.base.name}"
 
     @property
+    def shim_cgroup(self) -> str:
+        """The nested shims' cgroup: under the test's tree, which teardown removes."""
+        return f"{self.cgroup_root}/nested-shims"
+
+    @property
     def primary_socket(self) -> str:
         return self.info["instances"]["a"]["socket"]
 
@@ -128,7 +141,8 @@ class Site:
     def start_criproxy(self) -> Proxy:
         """criproxy with the primary only; the runtime registers in -runtimesDir."""
         self.proxy = start_proxy(self.primary_socket, "-runtimesDir", str(self.regdir),
-                                 "-listBudget", str(LIST_BUDGET), workdir=self.base / "px",
+                                 "-listBudget", str(LIST_BUDGET),
+                                 "-leaveAfter", str(LEAVE_AFTER), workdir=self.base / "px",
                                  wait_for=["primary"])
         self.via = Cri.connect(f"unix://{self.proxy.listen}")
         return self.proxy
@@ -156,7 +170,8 @@ class Site:
 
     def kube_pod(self, image: str | None = None, env: dict[str, str] | None = None) -> KubePod:
         return KubePod(self.daemonset, self.paths, self.cgroup_root, image=image,
-                       env={"STREAM_PORT": str(self.stream_port), **(env or {})})
+                       env={"STREAM_PORT": str(self.stream_port),
+                            "SHIM_CGROUP": self.shim_cgroup, **(env or {})})
 
     def run_runtime_pod(self, image: str | None = None,
                         env: dict[str, str] | None = None) -> RuntimePod:
@@ -194,6 +209,33 @@ class Site:
         status = self.primary.runtime.ContainerStatus(
             pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=CALL_TIMEOUT)
         return int(json.loads(status.info["info"])["pid"])
+
+    def runtime_pid(self, cid: str) -> int:
+        """The nested containerd of the runtime's container `cid`: its init's child."""
+        init = self.container_pid(cid)
+        (pid,) = [pid for pid, (ppid, argv) in runtimes.all_procs().items()
+                  if ppid == init and argv and Path(argv[0]).name == "containerd"]
+        return pid
+
+    def shim_pids(self) -> list[int]:
+        """The nested runtime's shims: the processes whose -address is its socket."""
+        address = f"/run/criproxy-runtimes/{self.name}.sock"
+        return sorted(pid for pid, (_, argv) in runtimes.all_procs().items() if address in argv)
+
+    def kill_container(self, cid: str) -> list[int]:
+        """SIGKILL every process in the runtime container's cgroup at once, as `runc kill
+        --all`, the OOM killer or the node's runtime do; the pids killed."""
+        pids = cgroup_pids(self.container_pid(cid))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return sorted(pids)
+
+    def wait_exited(self, cid: str) -> None:
+        """Until the primary reports the container exited, as kubelet waits to see it."""
+        wait_until(f"container {cid[:12]} exited", lambda: self.primary.runtime.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=cid), timeout=5).status.state
+            == pb.CONTAINER_EXITED, interval=0.01)
 
     def remove_container(self, cid: str, grace: int = 0) -> None:
         assert self.via is not None
@@ -268,6 +310,29 @@ class Site:
         self.nested_pods.append(pod)
         return pod
 
+    def pids(self, pod: NestedPod) -> tuple[int, int]:
+        """The pod's sandbox (pause) and container processes, as its runtime reports them."""
+        assert self.via is not None
+        sandbox = self.via.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(
+            pod_sandbox_id=pod.pod_id, verbose=True), timeout=CALL_TIMEOUT)
+        container = self.via.runtime.ContainerStatus(pb.ContainerStatusRequest(
+            container_id=pod.cid, verbose=True), timeout=CALL_TIMEOUT)
+        return (int(json.loads(sandbox.info["info"])["pid"]),
+                int(json.loads(container.info["info"])["pid"]))
+
+    def say(self, pod: NestedPod, word: str) -> None:
+        """ExecSync into the pod, whose workload (LISTENS) then prints `word` to its log."""
+        assert self.via is not None
+        out = self.via.runtime.ExecSync(pb.ExecSyncRequest(
+            container_id=pod.cid, cmd=["sh", "-c", f"echo {word} > /say"], timeout=10),
+            timeout=CALL_TIMEOUT)
+        assert out.exit_code == 0, out
+
+    def logged(self, pod: NestedPod, word: str) -> bool:
+        """`word` is a stdout line of the pod's log in the node's log directory."""
+        return any(line.split(" ", 3)[1:] == ["stdout", "F", word]
+                   for line in self.host_log(pod).read_text().splitlines())
+
     def host_log(self, pod: NestedPod) -> Path:
         """Where the nested runtime's log of the pod's container is on the node."""
         rel = Path(pod.config.log_directory).relative_to("/var/log/pods")
@@ -280,9 +345,59 @@ class Site:
         self.via.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.pod_id),
                                           timeout=CALL_TIMEOUT)
         self.nested_pods.remove(pod)
+        self.gone_pods.append(pod)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def start_time(pid: int) -> int:
+    """The process's start time (clock ticks since boot): a pid reused is another one."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+def cgroup_pids(pid: int) -> set[int]:
+    """Every process in `pid`'s cgroups, in each hierarchy (/sys/fs/cgroup/NAME)."""
+    found: set[int] = set()
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        name = controllers.split(",")[0].removeprefix("name=") or "unified"
+        with contextlib.suppress(OSError):
+            procs = Path("/sys/fs/cgroup", name, path.lstrip("/"), "cgroup.procs")
+            found |= {int(p) for p in procs.read_text().split()}
+    return found
 
 
 # ---------------------------------------------------------------- set up and tear down
+
+
+def leftovers(site: Site) -> dict[str, list[str]]:
+    """What the nested runtime could leave on the node once it and its pods are gone."""
+    return {
+        "shims": [str(pid) for pid in site.shim_pids()],
+        "mounts": node_mounts(site),
+        "cgroups": runtime_cgroups(site),
+        "shim sockets": [p.name for p in (site.paths["/run/nested-runtime"] / "s").glob("*")],
+    }
+
+
+def node_mounts(site: Site) -> list[str]:
+    """Mount points under the node's paths, but the shared binds make_site made."""
+    ours = {str(site.paths["/var/lib/kubelet/pods"]), str(site.paths["/run/nested-runtime"])}
+    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p.startswith(f"{site.base / 'node'}/") and p not in ours]
+
+
+def runtime_cgroups(site: Site) -> list[str]:
+    """The shims' cgroup and the cgroups of the removed nested pods' sandboxes and
+    containers (named by their ids), in every hierarchy."""
+    ids = {pod_id.partition("__")[2] for pod in site.gone_pods for pod_id in (pod.pod_id, pod.cid)}
+    found = []
+    for mount in runtimes.cgroup_mounts():
+        shims, tree = Path(mount + site.shim_cgroup), Path(mount + site.cgroup_root)
+        found += [str(shims)] if shims.is_dir() else []
+        found += [str(p) for p in tree.rglob("*") if p.is_dir() and p.name in ids]
+    return found
 
 
 def make_shared(path: Path) -> None:
@@ -307,6 +422,7 @@ def make_site(base: Path) -> Site:
         path.mkdir(parents=True, mode=0o755)
     os.chmod(paths["/run/criproxy-runtimes"], 0o755)  # root's, not writable by others
     make_shared(paths["/var/lib/kubelet/pods"])
+    make_shared(paths["/run/nested-runtime"])
     return Site(base, info, load_daemonset(MANIFEST), paths, nested_tar, runtimes.free_port(),
                 Cri.connect(info["instances"]["a"]["endpoint"]))
 

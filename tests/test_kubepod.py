@@ -12,7 +12,7 @@ from tests.kubepod import KubePod, load_daemonset
 
 MANIFEST = REPO / "deploy" / "runtime-daemonset" / "nested-containerd.yaml"
 NODE = ("/run/criproxy-runtimes", "/var/log/pods", "/var/lib/kubelet/pods",
-        "/var/lib/nested-runtime")
+        "/var/lib/nested-runtime", "/run/nested-runtime")
 
 
 @pytest.fixture
@@ -55,12 +55,14 @@ def test_container_config_mounts_host_paths_as_kubelet_does(pod: KubePod, tmp_pa
     assert config.command == ["/bin/sh", "-c"] and "containerd" in config.args[0]
     env = {kv.key: kv.value for kv in config.envs}
     assert env == {"RUNTIME_NAME": "nested.runtime", "RUNTIME_HANDLER": "nested",
-                   "STREAM_PORT": "1"}
+                   "STREAM_PORT": "1", "SHIM_CGROUP": "/nested-runtime-shims"}
     mounts = {m.container_path: m for m in config.mounts}
     assert mounts["/var/lib/nested-runtime"].host_path == str(tmp_path / "var-lib-nested-runtime")
     assert mounts["/run/criproxy-runtimes"].host_path == str(tmp_path / "run-criproxy-runtimes")
     assert mounts["/sys/fs/cgroup"].host_path == "/sys/fs/cgroup"  # not mapped: the host's
     assert mounts["/var/lib/kubelet/pods"].propagation == pb.PROPAGATION_BIDIRECTIONAL
+    assert mounts["/run/containerd"].host_path == str(tmp_path / "run-nested-runtime")
+    assert mounts["/run/containerd"].propagation == pb.PROPAGATION_BIDIRECTIONAL
     assert mounts["/var/log/pods"].propagation == pb.PROPAGATION_PRIVATE
     assert not any(m.readonly for m in config.mounts)
     assert {"/etc/hosts", "/dev/termination-log"} <= set(mounts)
