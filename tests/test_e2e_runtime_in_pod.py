@@ -280,6 +280,16 @@ def assert_untouched(site: Site, pods: list[nr.NestedPod], before: dict[str, Wor
             assert nr.start_time(pid) == started, f"{pid} is not the process it was"
 
 
+def assert_reattached(site: Site) -> None:
+    """The new containerd found every shim again: none cleaned up as dead (what it logs, and
+    does, for a shim whose socket does not answer: it deletes the shim's containers)."""
+    rpod = site.runtime_pods[-1]
+    log = Path(rpod.config.log_directory) / "containerd" / f"{rpod.attempt}.log"
+    text = log.read_text()
+    assert "starting containerd" in text, log
+    assert "cleaning up dead shim" not in text and "shim disconnected" not in text, text[-3000:]
+
+
 def socket_answered(site: Site) -> float:
     """When (monotonic) the nested containerd's own socket answers again."""
     wait_until("the nested socket answering", site.socket_answers, timeout=60, interval=0.01)
@@ -360,6 +370,7 @@ def test_its_pods_outlive_the_runtime_restarting_and_upgraded(
         figures.append(f"  {event}: after its socket answers, criproxy serves it in "
                        f"{served * 1000:.0f} ms, exec and logs work in {working * 1000:.0f} ms")
         assert_untouched(site, nested, before)
+        assert_reattached(site)
     try:
         wait_until("relists", lambda: sum(not r.error for r in relister.relists) >= 3)
         restarted(site, runtime, kill_containerd, nested, figures)
