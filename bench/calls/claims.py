@@ -29,8 +29,10 @@ CPU time of this thread (time.thread_time), per call; each figure is the median 
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -82,7 +84,9 @@ def pod(index: int) -> tuple[pb.PodSandbox, list[pb.Container], pb.ContainerStat
 
 def claims_for(pods: int, others_own: bool) -> ForeignClaims:
     """Pods 0..pods-1 are the primary's; pods..2*pods-1 the other runtime's."""
-    owners = PodOwners(tempfile.mkdtemp(prefix="claims-bench-"), [PRIMARY, OTHER])
+    rundir = tempfile.mkdtemp(prefix="claims-bench-")  # the owners table's file
+    atexit.register(shutil.rmtree, rundir, True)
+    owners = PodOwners(rundir, [PRIMARY, OTHER])
     for index in range(pods):
         owners.place(uuid.UUID(int=index).hex, PRIMARY)
     if others_own:
