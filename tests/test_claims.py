@@ -93,14 +93,28 @@ def test_a_status_or_an_event_about_another_runtimes_pod_is_not_shown(node: Node
     assert node.own("", "GetContainerEvents", event) == event
 
 
-def test_an_honest_answer_passes_as_it_is_and_is_not_looked_at_again(node: Node) -> None:
-    raw = cri.ListPodSandboxResponse(items=[sandbox("s", "p")]).SerializeToString()
-    assert node.claims.own_answer("", "ListPodSandbox", cri.ListPodSandboxResponse, raw) is raw
-    # Unchanged answer, unchanged owners: not decoded again (garbage would fail to).
-    node.claims._clean[("", "ListPodSandbox")] = (b"garbage", node.claims._clean[
-        ("", "ListPodSandbox")][1])
+class NotToDecode:
+    """A response class whose answers must not be decoded again."""
+
+    @staticmethod
+    def FromString(_raw: bytes) -> None:
+        raise AssertionError("an unchanged relist was decoded again")
+
+
+def test_an_honest_relist_passes_as_it_is_and_is_not_looked_at_again(node: Node) -> None:
+    relist = cri.ListPodSandboxResponse(items=[sandbox("s", "p")]).SerializeToString()
+    assert node.claims.own_answer("", "ListPodSandbox", cri.ListPodSandboxResponse, relist,
+                                  complete=True) is relist
+    # kubelet's GetPodStatus between two relists: a filtered List of the same method.
+    filtered = cri.ListPodSandboxResponse(items=[sandbox("t", "p")]).SerializeToString()
     assert node.claims.own_answer("", "ListPodSandbox", cri.ListPodSandboxResponse,
-                                  b"garbage") == b"garbage"
+                                  filtered) is filtered
+    assert node.claims.own_answer("", "ListPodSandbox", NotToDecode,  # type: ignore[arg-type]
+                                  relist, complete=True) is relist
+    node.owners.place("q", "alt")  # the owners changed: looked at again
+    with pytest.raises(AssertionError, match="decoded again"):
+        node.claims.own_answer("", "ListPodSandbox", NotToDecode,  # type: ignore[arg-type]
+                               relist, complete=True)
 
 
 def test_nothing_is_decoded_while_no_pod_belongs_to_another_runtime(tmp_path: Path) -> None:

@@ -163,26 +163,26 @@ def main() -> None:
         flip = [raw, raw2]
         # A changed answer every call: the two answers in turn miss the cache.
         judge = functools.partial(
-            lambda c, m, r, f: c.own_answer(PRIMARY, m, r, f.reverse() or f[0]), on, name,
+            lambda c, m, r, f: c.own_answer(PRIMARY, m, r, f.reverse() or f[0], True), on, name,
             response, flip)
-        if on.own_answer(PRIMARY, name, response, raw) != raw or \
-                on.own_answer(PRIMARY, name, response, one_lie) == one_lie:
+        if on.own_answer(PRIMARY, name, response, raw, True) != raw or \
+                on.own_answer(PRIMARY, name, response, one_lie, True) == one_lie:
             raise SystemExit(f"{title}: the filter did not behave as expected")
         sizes[title] = (len(raw), len(response.FromString(raw).ListFields()[0][1]))
         cases[title] = {
-            "off": functools.partial(off.own_answer, PRIMARY, name, response, raw),
-            "hit": functools.partial(on.own_answer, PRIMARY, name, response, raw),
+            "off": functools.partial(off.own_answer, PRIMARY, name, response, raw, True),
+            "hit": functools.partial(on.own_answer, PRIMARY, name, response, raw, True),
             "judge": judge,
-            "1 lie": functools.partial(on.own_answer, PRIMARY, name, response, one_lie),
-            "half lies": functools.partial(on.own_answer, PRIMARY, name, response, half),
+            "1 lie": functools.partial(on.own_answer, PRIMARY, name, response, one_lie, True),
+            "half lies": functools.partial(on.own_answer, PRIMARY, name, response, half, True),
             "_present primary": functools.partial(Dispatcher._present, stub, PRIMARY, method, raw,
                                                   True),
             "_present named": functools.partial(Dispatcher._present, stub, OTHER, method, raw,
                                                 True),
         }
     # kubelet's GetPodStatus between two relists: a List of the same method filtered by
-    # the pod's uid label. The filter keeps one clean answer per (runtime, method), so
-    # the relist after it is judged again.
+    # the pod's uid label. The filter keeps the clean answer of the unfiltered List
+    # (complete) only, so the relist after it is a bytes comparison again.
     relist_title = f"ListContainers, {2 * n} containers"
     relist = containers(mine, 2)
     filtered = containers(mine[:1], 2)
@@ -191,10 +191,10 @@ def main() -> None:
                                             pb.ListContainersResponse, filtered),
         "filtered, then the relist": lambda: (
             on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, filtered),
-            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist)),
+            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist, True)),
         "the relist twice": lambda: (
-            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist),
-            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist)),
+            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist, True),
+            on.own_answer(PRIMARY, "ListContainers", pb.ListContainersResponse, relist, True)),
     }
     method = METHODS[RUNTIME_SERVICE + "ContainerStatus"]
     status = pb.ContainerStatusResponse(status=mine[0][2]).SerializeToString()

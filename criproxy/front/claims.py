@@ -102,8 +102,12 @@ class ForeignClaims:
         # that hang on them go too), and a generation bumped when they change.
         self._hidden: dict[str, dict[str, Judgement]] = {}
         self._hidden_generation = 0
-        # (runtime, method) -> (answer, generations) of the last answer left as it was.
+        # (runtime, method) -> (answer, generations) of its last unfiltered List
+        # left as it was (kubelet's filtered Lists between relists do not evict it).
         self._clean: dict[tuple[str, str], tuple[bytes, tuple[int, int]]] = {}
+        # Per runtime: the uids other runtimes own, as of owners.generation.
+        self._foreign: dict[str, frozenset[str]] = {}
+        self._foreign_generation = -1
         self._tallies: dict[str, dict[str, Any]] = {}
         self._logged: dict[tuple[str, str], float] = {}
 
@@ -112,13 +116,14 @@ class ForeignClaims:
     def own_answer(self, runtime: str, method: str, response: type[Message],
                    raw: bytes, complete: bool = False) -> bytes | None:
         """`raw` less what it says about other runtimes' pods; None when it is all
-        about one (a status or an event). `complete`: an unfiltered List, whose
-        dropped sandboxes replace those remembered for the runtime. Raises
+        about one (a status or an event). `complete`: an unfiltered List (kubelet's
+        relist), remembered when it is left as it is; a ListPodSandbox's dropped
+        sandboxes then replace those remembered for the runtime. Raises
         DecodeError for an answer that does not decode."""
         if method not in CHECKED or not self.owners.others_own_any(runtime):
             return raw
         generations = (self.owners.generation, self._hidden_generation)
-        if self._clean.get((runtime, method)) == (raw, generations):
+        if complete and self._clean.get((runtime, method)) == (raw, generations):
             return raw
         message = response.FromString(raw)
         if method in LISTS:
@@ -130,17 +135,45 @@ class ForeignClaims:
         if changed is None:
             return None
         if not changed:
-            if method in LISTS:
+            if complete and method in LISTS:
                 self._clean[(runtime, method)] = (raw, generations)
             return raw
         return message.SerializeToString()
 
     def _own_items(self, runtime: str, method: str, message: Message, complete: bool) -> bool:
         field, kind = LISTS[method]
-        changed, hidden = self._filter(runtime, method, kind, getattr(message, field))
+        items = getattr(message, field)
+        if not self._names_foreign(runtime, kind, items):
+            if kind == Kind.SANDBOX:
+                self._remember_hidden(runtime, {}, complete)
+            return False
+        changed, hidden = self._filter(runtime, method, kind, items)
         if kind == Kind.SANDBOX:
             self._remember_hidden(runtime, hidden, complete)
         return changed
+
+    def _names_foreign(self, runtime: str, kind: Kind, items: Any) -> bool:
+        """Whether some item names another runtime's pod or a left-out sandbox: one
+        set lookup an item, so that an honest answer costs little more than its
+        decode (judging each item in full costs about 2 µs)."""
+        foreign = self._foreign_uids(runtime)
+        hidden = self._hidden.get(runtime) or {}
+        if kind == Kind.CONTAINER:
+            return any(c.labels.get(POD_UID_LABEL) in foreign or c.pod_sandbox_id in hidden
+                       for c in items)
+        if kind == Kind.SANDBOX:
+            return any(s.metadata.uid in foreign or s.labels.get(POD_UID_LABEL) in foreign
+                       for s in items)
+        return any(not uids.isdisjoint(foreign) or sandbox_id in hidden
+                   for uids, sandbox_id in (_pod_of(kind, item) for item in items))
+
+    def _foreign_uids(self, runtime: str) -> frozenset[str]:
+        if self._foreign_generation != self.owners.generation:
+            self._foreign = {}
+            self._foreign_generation = self.owners.generation
+        if runtime not in self._foreign:
+            self._foreign[runtime] = self.owners.owned_by_others(runtime)
+        return self._foreign[runtime]
 
     def _own_single(self, runtime: str, method: str, message: Message) -> bool | None:
         field, kind = SINGLES[method]
@@ -167,19 +200,17 @@ class ForeignClaims:
     def _filter(self, runtime: str, method: str, kind: Kind,
                 items: Any) -> tuple[bool, dict[str, Judgement]]:
         """Drop the items that are not the runtime's to show, in place."""
-        kept, hidden = [], {}
+        dropped, hidden = [], {}
         changed = False
-        for item in items:
+        for index, item in enumerate(items):
             verdict = self._judge(runtime, method, kind, item, hidden)
             if verdict == Verdict.OLD:
                 item.state = v1.SANDBOX_NOTREADY
-            if verdict in (Verdict.KEEP, Verdict.OLD):
-                kept.append(item)
+            elif verdict != Verdict.KEEP:
+                dropped.append(index)
             changed |= verdict != Verdict.KEEP
-        if changed:
-            kept = [_copy(item) for item in kept]
-            del items[:]
-            items.extend(kept)
+        for index in reversed(dropped):
+            del items[index]
         return changed, hidden
 
     # --- one item -----------------------------------------------------------------
@@ -189,7 +220,7 @@ class ForeignClaims:
         uids, sandbox_id = _pod_of(kind, item)
         judgement = self._judge_pod(runtime, kind, uids, item)
         if judgement is None and sandbox_id and kind != Kind.SANDBOX:
-            judgement = self._hidden.get(runtime, {}).get(sandbox_id)
+            judgement = (self._hidden.get(runtime) or {}).get(sandbox_id)
         if judgement is None:
             return Verdict.KEEP
         verdict, uid, owner = judgement
@@ -264,10 +295,4 @@ class ForeignClaims:
         for key in [k for k in self._clean if k[0] == runtime]:
             del self._clean[key]
 
-
-def _copy(item: Message) -> Message:
-    # Items are moved out of the repeated field they are cleared from.
-    copied = type(item)()
-    copied.CopyFrom(item)
-    return copied
 

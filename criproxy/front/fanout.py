@@ -134,15 +134,14 @@ class ListFanOut:
     def _fresh_part(self, runtime: str, method: Method, request: Message, answer: bytes,
                     sent_seq: int) -> bytes | BadAnswer:
         """A runtime's answer as its part of a merged List, or why it cannot be one."""
-        complete = (method.name == LIST_SANDBOXES and
-                    not request.filter.ByteSize())  # type: ignore[attr-defined]
+        complete = not _filtered(request)
         try:
             own = self._own_claims(runtime, method, answer, complete)
             shown = self._present(runtime, method, own, whole=True)
         except BadAnswer as bad:
             return bad
         self.record.answered(runtime, method.name, request, own, sent_seq)
-        if complete:
+        if complete and method.name == LIST_SANDBOXES:
             self.owners.listed(runtime, own)
         return shown
 
@@ -159,3 +158,9 @@ class ListFanOut:
         metrics.runtime_skipped(link.label, method.name)
         if err.code == grpc.StatusCode.DEADLINE_EXCEEDED or logs.enabled(2):
             log.warning("%s: answering without runtime %s: %s", method.name, link.label, err)
+
+
+def _filtered(request: Message) -> bool:
+    """Whether a List asks for part of the runtime's objects (kubelet's GetPodStatus)."""
+    return ("filter" in request.DESCRIPTOR.fields_by_name and
+            request.filter.ByteSize() > 0)  # type: ignore[attr-defined]

@@ -80,6 +80,11 @@ class PodOwners:
         that `runtime` answers can be about another's pod)."""
         return any(n for name, n in self._owned_by.items() if name != runtime)
 
+    def owned_by_others(self, runtime: str) -> frozenset[str]:
+        """The pods that runtimes served now, other than `runtime`, own."""
+        return frozenset(uid for uid, o in self._owners.items()
+                         if o.runtime != runtime and o.runtime in self.present)
+
     def snapshot(self) -> dict[str, int]:
         """Pods owned, by runtime name, for `criproxy status`."""
         return dict(self._owned_by)
