@@ -454,8 +454,12 @@ def test_a_runtime_that_leaves_leaves_nothing_behind(site: Site, runtime: nr.Run
     assert not {pod.pod_id for pod in site.gone_pods} & listed
     assert not [pid for pid in processes if Path(f"/proc/{pid}").exists()]
     assert nr.leftovers(site) == {"shims": [], "mounts": [], "cgroups": [], "shim sockets": []}
-    # What stays, as the README says: the registration's .json, and the state directory
-    # with one copy of the image's files (":1" and ":2" hold the same ones).
+    # What stays, as the README says: the registration's .json, the run directory's empty
+    # directories and ttrpc socket file, and the state directory with one copy of the
+    # image's files (":1" and ":2" hold the same ones).
     assert sorted(p.name for p in site.regdir.iterdir()) == [f"{site.name}.json"]
+    run = site.paths["/run/nested-runtime"]
+    assert [p.relative_to(run) for p in run.rglob("*") if not p.is_dir()] == \
+        [Path("containerd.sock.ttrpc")]
     (copy,) = (site.paths["/var/lib/nested-runtime"] / "roots").iterdir()
     assert (copy / "etc" / "nested-runtime-version").read_text().strip() == copy.name
