@@ -55,6 +55,8 @@ class Dispatcher(ListFanOut, EventStreams):
         self.owners = PodOwners(config.rundir, list(links))
         self.claims = ForeignClaims(self.owners, self.record.newest_sandbox, self._label)
         self.slow_lists = SlowLists()
+        # (runtime, List) -> its last unfiltered answer and how kubelet was shown it.
+        self._shown_lists: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._merged_streams: set[asyncio.Queue] = set()
         self.stream_urls = StreamUrls(config.stream_url or default_stream_base(config.stream_port),
                                       config.stream_hosts)
@@ -84,6 +86,7 @@ class Dispatcher(ListFanOut, EventStreams):
         self.record.remove_runtime(name)
         self.owners.runtime_left(name)
         self.claims.forget(name)
+        self._shown_lists = {k: v for k, v in self._shown_lists.items() if k[0] != name}
         self.slow_lists.forget(name)
         self.set_handlers(name, ())
         self._end_merged_streams(f"runtime {link.label} left")

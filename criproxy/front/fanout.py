@@ -31,7 +31,7 @@ _CALLER_SHARE = 0.8
 class ListFanOut:
     """The Dispatcher's fan-out Lists: a mixin of Dispatcher (front/dispatch.py), whose
     links, record, owners, names, slow_lists, _call, _fit_request, _forward, _own_claims
-    and _present it uses."""
+    and _present it uses; it keeps the Lists it last showed in _shown_lists."""
 
     async def _fan_out(self, method: Method, request: Message, raw: bytes,
                        timeout: float | None) -> bytes:
@@ -135,14 +135,28 @@ class ListFanOut:
                     sent_seq: int) -> bytes | BadAnswer:
         """A runtime's answer as its part of a merged List, or why it cannot be one."""
         complete = not _filtered(request)
+        if complete:
+            answer = self.record.as_before(runtime, method.name, answer)
         try:
             own = self._own_claims(runtime, method, answer, complete)
-            shown = self._present(runtime, method, own, whole=True)
+            shown = self._shown_part(runtime, method, own, complete)
         except BadAnswer as bad:
             return bad
         self.record.answered(runtime, method.name, request, own, sent_seq)
         if complete and method.name == LIST_SANDBOXES:
             self.owners.listed(runtime, own)
+        return shown
+
+    def _shown_part(self, runtime: str, method: Method, answer: bytes, complete: bool) -> bytes:
+        """An unfiltered List answered as before is shown as before: not decoded,
+        checked and, for a named runtime, prefixed and encoded again at each relist."""
+        if not complete:
+            return self._present(runtime, method, answer, whole=True)
+        before = self._shown_lists.get((runtime, method.name))
+        if before is not None and before[0] == answer:
+            return before[1]
+        shown = self._present(runtime, method, answer, whole=True)
+        self._shown_lists[(runtime, method.name)] = (answer, shown)
         return shown
 
     def _last_answer(self, runtime: str, method: Method, request: Message,

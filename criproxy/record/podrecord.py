@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from cri_api.v1 import api_pb2 as v1
 from criproxy.record import listfilter, recordfile
 from criproxy.record.podchanges import CHANGES, Change
+from criproxy.record.sameitems import same_items
 from criproxy.settings import Config, Runtime
 
 log = logging.getLogger("criproxy.front")
@@ -194,6 +195,14 @@ class PodRecord:
         if record.fresh(method, raw, sent_seq):
             self._unsaved.add(runtime)
         self._save_soon(runtime)
+
+    def as_before(self, runtime: str, method: str, answer: bytes) -> bytes:
+        """A fresh answer to an unfiltered List as the bytes of the runtime's last one
+        when it holds the same items in another order (sameitems.py), so that what
+        compares answers as bytes (the record, its file, the claims filter, the
+        owners) finds nothing new in an unchanged relist."""
+        kept = self.runtimes[runtime].answers.get(method) if method in LISTS else None
+        return kept.raw if kept is not None and same_items(kept.raw, answer) else answer
 
     def observe(self, runtime: str, method: str, request: Message, answer: bytes) -> None:
         """A call that succeeded; if it changed the runtime's pods, record that."""
