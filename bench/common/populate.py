@@ -56,14 +56,18 @@ def container_config(pod: pb.PodSandboxConfig, index: int, image: str,
 
 def populate(socket: Path | str, count: int, per_pod: int, first: int = 0,
              image: str = "docker.io/library/busybox:latest", cgroup_root: str | None = None,
-             command: list[str] | None = None, timeout: float = 60) -> list[Pod]:
-    """Run `count` pods of `per_pod` started containers each, directly on a runtime."""
+             command: list[str] | None = None, timeout: float = 60,
+             annotations: dict[str, str] | None = None) -> list[Pod]:
+    """Run `count` pods of `per_pod` started containers each, directly on a runtime.
+    `annotations`: added to each pod's (e.g. kubernetes.io/target-runtime, which a pod
+    placed on a named runtime through criproxy carries)."""
     made = []
     with grpc.insecure_channel(target(socket)) as channel:
         stub = rpc.RuntimeServiceStub(channel)
         for index in range(first, first + count):
             uid = uuid.uuid4().hex
             config = pod_config(f"pod-{index}", uid, index, cgroup_root)
+            config.annotations.update(annotations or {})
             pod_id = stub.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
                                         timeout=timeout).pod_sandbox_id
             pod = Pod(pod_id, uid, [])
