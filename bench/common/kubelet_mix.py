@@ -25,9 +25,9 @@ GetPodStatus; `--get-pod-status R` adds R a second (for a node with churn): the
 uid-filtered ListPodSandbox, PodSandboxStatus, the uid-filtered ListContainers
 and ContainerStatus per container, as kuberuntime_manager's GetPodStatus asks.
 
-The log manager's ContainerStatus calls are spread evenly over its 10 s (kubelet
-1.32 makes them one after another right after its ListContainers: the same
-calls, bunched). Every job's calls run as a task of their own, sequentially
+The log manager's ContainerStatus calls are spread evenly over its 10 s
+(`--log-manager bunched`: one after another right after its ListContainers, as
+kubelet 1.32 makes them). Every job's calls run as a task of their own, sequentially
 inside it, as kubelet's goroutines do. The schedule is fixed by the seconds and
 the containers listed at the start, so every target gets the same sequence.
 
@@ -83,16 +83,19 @@ LOG_MANAGER_PERIOD = 10.0
 
 
 def schedule(seconds: float, containers: list[str], pods: list[pb.PodSandbox],
-             get_pod_status: float) -> list[tuple[float, str, object]]:
-    """(time from the start, job, its argument), sorted by time."""
+             get_pod_status: float, bunched: bool = False) -> list[tuple[float, str, object]]:
+    """(time from the start, job, its argument), sorted by time. `bunched`: the log
+    manager's ContainerStatus calls right after its ListContainers, one after another
+    (kubelet 1.32's way), instead of spread evenly over its period."""
     events: list[tuple[float, str, object]] = []
     for loop in PERIODIC:
         at = loop.phase
         while at < seconds:
-            events.append((at, loop.job, None))
+            bunch = sorted(containers) if bunched and loop.job == "log_manager_list" else None
+            events.append((at, loop.job, bunch))
             at += loop.period
     # The log manager asks about every running container once per period, evenly spread.
-    for index, container in enumerate(sorted(containers)):
+    for index, container in enumerate([] if bunched else sorted(containers)):
         at = 0.05 + index * LOG_MANAGER_PERIOD / max(1, len(containers))
         while at < seconds:
             events.append((at, "container_status", container))
@@ -156,9 +159,11 @@ class Replay:
         await self.call("ListContainerStats", self.runtime,
                         pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter()))
 
-    async def log_manager_list(self, _: object) -> None:
+    async def log_manager_list(self, bunched: object) -> None:
         await self.call("ListContainers", self.runtime,
                         pb.ListContainersRequest(filter=pb.ContainerFilter()))
+        for container_id in bunched or ():  # type: ignore[attr-defined]
+            await self.container_status(container_id)
 
     async def container_status(self, container_id: object) -> None:
         await self.call("ContainerStatus", self.runtime,
@@ -204,9 +209,9 @@ class Replay:
             timeout=self.timeout)
         return [c.id for c in containers.containers], list(pods.items)
 
-    async def run(self, seconds: float, get_pod_status: float) -> None:
+    async def run(self, seconds: float, get_pod_status: float, bunched: bool) -> None:
         containers, pods = await self.node()
-        events = schedule(seconds, containers, pods, get_pod_status)
+        events = schedule(seconds, containers, pods, get_pod_status, bunched)
         tasks = []
         print("started", flush=True)  # the driver starts its CPU clock here
         started = time.monotonic()
@@ -236,10 +241,13 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--get-pod-status", type=float, default=0.0, metavar="PER_S",
                         help="GetPodStatus of so many pods a second (0: a quiet node, as measured)")
+    parser.add_argument("--log-manager", choices=("spread", "bunched"), default="spread",
+                        help="its ContainerStatus calls spread over 10 s, or one after another "
+                             "after its ListContainers (kubelet 1.32)")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args()
     replay = Replay(args.target, args.timeout)
-    await replay.run(args.seconds, args.get_pod_status)
+    await replay.run(args.seconds, args.get_pod_status, args.log_manager == "bunched")
     json.dump(replay.summary(), sys.stdout)
 
 

@@ -4,7 +4,8 @@ for one or more criproxy trees, in interleaved rounds.
 
     .venv/bin/python bench/node/kubelet_mix.py [--before a9a465c] [--no-working]
         [--tree NAME=DIR ...] [--pods 60,110] [--verbosity 0,2] [--metrics on,off]
-        [--seconds 40] [--rounds 4] [--get-pod-status 0] [--json OUT]
+        [--seconds 40] [--rounds 4] [--get-pod-status 0] [--log-manager spread|bunched]
+        [--json OUT]
 
 Two fake runtimes (bench/common/fake.py), N pods of one started container each
 (bench/common/populate.py: kubelet's labels and annotations), the first half on
@@ -234,12 +235,13 @@ def start_criproxy(bench: Any, tree_name: str, tree: Path, connect: str, verbosi
 # ------------------------------------------------------------------ a round
 
 
-def replay(target: Target, seconds: float, get_pod_status: float) -> dict[str, Any]:
+def replay(target: Target, seconds: float, get_pod_status: float,
+           log_manager: str = "spread") -> dict[str, Any]:
     """One run of the mix through `target`: CPU % of a core by role, PSS, the calls."""
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "common" / "kubelet_mix.py"),
          "--target", f"unix://{target.listen}", "--seconds", str(seconds),
-         "--get-pod-status", str(get_pod_status)],
+         "--get-pod-status", str(get_pod_status), "--log-manager", log_manager],
         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "started":
@@ -256,14 +258,13 @@ def replay(target: Target, seconds: float, get_pod_status: float) -> dict[str, A
             "loadavg": os.getloadavg()[0]}
 
 
-def run_rounds(targets: list[Target], rounds: int, seconds: float, get_pod_status: float,
-               warmup: float) -> dict[str, list[dict[str, Any]]]:
+def run_rounds(targets: list[Target], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     for target in targets:  # first calls: connections, owners tables, records
-        replay(target, warmup, get_pod_status)
+        replay(target, args.warmup, args.get_pod_status, args.log_manager)
     rows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
-    for number in range(rounds):
+    for number in range(args.rounds):
         for target in targets if number % 2 == 0 else targets[::-1]:
-            row = replay(target, seconds, get_pod_status)
+            row = replay(target, args.seconds, args.get_pod_status, args.log_manager)
             rows[target.name].append(row)
             per = "  ".join(f"{r} {v:.2f}" for r, v in sorted(row["pct"].items()))
             errors = sum(c["errors"] for c in row["calls"].values())
@@ -407,7 +408,7 @@ def measure_pods(pods: int, trees: dict[str, Path], args: argparse.Namespace) ->
         load_start = os.getloadavg()[0]
         print(f"{pods} pods: {len(targets)} targets, {args.rounds} rounds of {args.seconds:.0f} s",
               flush=True)
-        rows = run_rounds(targets, args.rounds, args.seconds, args.get_pod_status, args.warmup)
+        rows = run_rounds(targets, args)
         lines = report(pods, rows, list(trees), (load_start, os.getloadavg()[0]))
         return lines, rows
     finally:
@@ -431,6 +432,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=6, help="seconds of replay first, per target")
     parser.add_argument("--get-pod-status", type=float, default=0.0, metavar="PER_S",
                         help="add kubelet's GetPodStatus of so many pods a second (churn)")
+    parser.add_argument("--log-manager", choices=("spread", "bunched"), default="spread",
+                        help="the log manager's ContainerStatus calls spread over its 10 s, or "
+                             "one after another (as kubelet 1.32 makes them)")
     parser.add_argument("--json", type=Path, help="write every round here too")
     parser.add_argument("--role", choices=("front",), help=argparse.SUPPRESS)
     parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
