@@ -38,13 +38,16 @@ class Bench:
     def scale(self, seconds: float) -> float:
         return seconds * (0.3 if self.args.quick else 1.0)
 
-    def fake(self, name: str) -> FakeRuntime:
-        """A fake runtime (bench/common/fake.py: the tests' fake without its journal)."""
+    def fake(self, name: str, lists_in_any_order: bool = False) -> FakeRuntime:
+        """A fake runtime (bench/common/fake.py: the tests' fake without its journal);
+        `lists_in_any_order`: its Lists' items come in another order each time, as
+        containerd's do."""
         socket, log_path = self.base / f"{name}.sock", self.base / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, str(COMMON / "fake.py"), "--socket", str(socket),
-                 "--journal", os.devnull, "--name", name],
+                 "--journal", os.devnull, "--name", name,
+                 *(["--lists-in-any-order"] if lists_in_any_order else [])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         fake = FakeRuntime(name, socket, Path(os.devnull), log_path, proc)
         self.fakes.append(fake)

@@ -395,7 +395,8 @@ def measure_pods(pods: int, trees: dict[str, Path], args: argparse.Namespace) ->
     bench = rig.Bench(run.parse_args([]), run.short_dir("kmix-"))
     floor_procs: list[subprocess.Popen] = []
     try:
-        primary, alt = bench.fake(PRIMARY_FAKE), bench.fake(ALT_FAKE)
+        primary = bench.fake(PRIMARY_FAKE, args.lists_in_any_order)
+        alt = bench.fake(ALT_FAKE, args.lists_in_any_order)
         populate(primary.socket, pods - pods // 2, 1)
         populate(alt.socket, pods // 2, 1, first=pods - pods // 2,
                  annotations={TARGET_RUNTIME: ALT})
@@ -435,6 +436,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--log-manager", choices=("spread", "bunched"), default="spread",
                         help="the log manager's ContainerStatus calls spread over its 10 s, or "
                              "one after another (as kubelet 1.32 makes them)")
+    parser.add_argument("--lists-in-any-order", action="store_true",
+                        help="the fakes answer their Lists' items in another order each "
+                             "time, as containerd does (it lists from Go maps)")
     parser.add_argument("--json", type=Path, help="write every round here too")
     parser.add_argument("--role", choices=("front",), help=argparse.SUPPRESS)
     parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
