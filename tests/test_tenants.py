@@ -70,9 +70,10 @@ def node() -> Iterator[Node]:
              "vm.cloud": start_fake(base, "vm.cloud")}
     connect = (f"{fakes['primary'].socket},alt:{fakes['alt'].socket},"
                f"vm.cloud:{fakes['vm.cloud'].socket}")
-    proxy = start_proxy(connect, workdir=base, wait_for=list(fakes))
-    yield Node(base, fakes, proxy, control, connect)
-    proxy.stop()
+    node = Node(base, fakes, start_proxy(connect, workdir=base, wait_for=list(fakes)),
+                control, connect)
+    yield node
+    node.proxy.stop()  # the one running now: a test may have restarted criproxy
     for fake in fakes.values():
         fake.stop()
     shutil.rmtree(base, ignore_errors=True)
