@@ -21,7 +21,7 @@ def test_a_placed_pod_belongs_to_the_runtime_kubelet_put_it_on(tmp_path: Path) -
     table.place("u1", "alt")
     owner = table.owner("u1")
     assert owner is not None and (owner.runtime, owner.placed, owner.previous) == ("alt", True, ())
-    assert table.others_own_any("") and not table.others_own_any("alt")
+    assert table.owned_by_others("") == {"u1"} and not table.owned_by_others("alt")
 
 
 def test_a_listed_pod_nobody_owns_goes_to_the_first_runtime_that_lists_it(tmp_path: Path) -> None:

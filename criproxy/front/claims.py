@@ -120,7 +120,7 @@ class ForeignClaims:
         relist), remembered when it is left as it is; a ListPodSandbox's dropped
         sandboxes then replace those remembered for the runtime. Raises
         DecodeError for an answer that does not decode."""
-        if method not in CHECKED or not self.owners.others_own_any(runtime):
+        if method not in CHECKED or not self._foreign_uids(runtime):
             return raw
         generations = (self.owners.generation, self._hidden_generation)
         if complete and self._clean.get((runtime, method)) == (raw, generations):

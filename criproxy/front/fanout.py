@@ -19,10 +19,9 @@ from criproxy.front.routing import Method
 from criproxy.front.slowlists import ASK_AGAIN_TIMEOUT
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics
+from criproxy.record.podrecord import SANDBOXES
 
 log = logging.getLogger("criproxy.front")
-
-LIST_SANDBOXES = "ListPodSandbox"
 
 # Share of the caller's remaining time a fan-out spends waiting for runtimes.
 _CALLER_SHARE = 0.8
@@ -143,7 +142,7 @@ class ListFanOut:
         except BadAnswer as bad:
             return bad
         self.record.answered(runtime, method.name, request, own, sent_seq)
-        if complete and method.name == LIST_SANDBOXES:
+        if complete and method.name == SANDBOXES:
             self.owners.listed(runtime, own)
         return shown
 

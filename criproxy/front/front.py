@@ -337,17 +337,17 @@ class Front:
                 await wait_event(self._status_changed, status_file.REFRESH)
             await asyncio.sleep(max(0.0, wrote + 1.0 - time.monotonic()))
 
-    def _runtime_status(self, name: str, link: WorkerLink) -> dict:
+    def _runtime_status(self, name: str, link: WorkerLink, owned: dict[str, int]) -> dict:
         return {**link.snapshot(), **self.dispatcher.record.snapshot(name),
-                **self.dispatcher.claims.snapshot(name),
-                "pods_owned": self.dispatcher.owners.snapshot().get(name, 0)}
+                **self.dispatcher.claims.snapshot(name), "pods_owned": owned.get(name, 0)}
 
     def write_status(self) -> bool:
         """Publish runtime states for `criproxy status` (atomic replace); True when
         nothing is moving (no request in the rates' window, no call in flight)."""
         rates = metrics.recent_rates()
+        owned = self.dispatcher.owners.snapshot()
         status = {"front_pid": os.getpid(), "listen": self.config.listen, "time": time.time(),
-                  "runtimes": [self._runtime_status(name, link)
+                  "runtimes": [self._runtime_status(name, link, owned)
                                for name, link in self.links.items()],
                   "metrics": self.metrics.bound or None, "metrics_error": self.metrics.error,
                   "requests": rates}

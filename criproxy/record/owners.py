@@ -65,8 +65,6 @@ class PodOwners:
         self._owners: dict[str, Owner] = self._load()
         self._listed: dict[str, bytes] = {}       # each runtime's last ListPodSandbox seen
         self._absent_since: dict[str, float] = {}
-        self._owned_by: dict[str, int] = {}
-        self._count()
 
     # --- asking ----------------------------------------------------------------
 
@@ -75,11 +73,6 @@ class PodOwners:
         found = self._owners.get(uid)
         return found if found is not None and found.runtime in self.present else None
 
-    def others_own_any(self, runtime: str) -> bool:
-        """Whether some pod belongs to another runtime than `runtime` (else nothing
-        that `runtime` answers can be about another's pod)."""
-        return any(n for name, n in self._owned_by.items() if name != runtime)
-
     def owned_by_others(self, runtime: str) -> frozenset[str]:
         """The pods that runtimes served now, other than `runtime`, own."""
         return frozenset(uid for uid, o in self._owners.items()
@@ -87,7 +80,11 @@ class PodOwners:
 
     def snapshot(self) -> dict[str, int]:
         """Pods owned, by runtime name, for `criproxy status`."""
-        return dict(self._owned_by)
+        counts: dict[str, int] = {}
+        for owner in self._owners.values():
+            if owner.runtime in self.present:
+                counts[owner.runtime] = counts.get(owner.runtime, 0) + 1
+        return counts
 
     # --- kubelet's decisions and the runtimes' answers ---------------------------
 
@@ -162,16 +159,8 @@ class PodOwners:
 
     def _changed(self, save: bool = True) -> None:
         self.generation += 1
-        self._count()
         if save:
             self._save()
-
-    def _count(self) -> None:
-        counts: dict[str, int] = {}
-        for owner in self._owners.values():
-            if owner.runtime in self.present:
-                counts[owner.runtime] = counts.get(owner.runtime, 0) + 1
-        self._owned_by = counts
 
     def _save(self) -> None:
         table = {uid: [o.runtime, o.since, o.placed, list(o.previous)]
