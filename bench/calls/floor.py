@@ -181,7 +181,8 @@ def _median(results: list[dict], key: str) -> float:
     return values[len(values) // 2]
 
 
-def _wait_for(socket: Path, timeout: float = 20) -> None:
+def wait_for_bare_front(socket: Path, timeout: float = 20) -> None:
+    """Until a bare front (here, or node/kubelet_mix.py's) has made its socket."""
     deadline = time.monotonic() + timeout
     while not socket.exists():
         if time.monotonic() > deadline:
@@ -200,7 +201,7 @@ def _bare_chain(bench: Any, worker: str, runtime: str,
         proc = subprocess.Popen([sys.executable, __file__, "--role", role, *addresses])
         started.append(proc)
         pids["front" if role == "front" else "worker"] = proc.pid
-    _wait_for(Path(listen))
+    wait_for_bare_front(Path(listen))
     return rig.target(listen), pids
 
 

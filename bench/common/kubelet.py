@@ -37,8 +37,11 @@ from bench.common.loadgen import percentile  # noqa: E402
 UID_LABEL = "io.kubernetes.pod.uid"
 
 
-class Replay:
-    def __init__(self, target: str, timeout: float, changed: int, api: str = "v1",
+class CriCalls:
+    """A kubelet-like client: its channel and stubs, and each call's latency or error
+    code by method (the replays here and in kubelet_mix.py)."""
+
+    def __init__(self, target: str, timeout: float, api: str = "v1",
                  skip: frozenset[str] = frozenset()) -> None:
         self.channel = grpc.aio.insecure_channel(
             target, options=[("grpc.max_receive_message_length", 64 << 20)])
@@ -48,10 +51,8 @@ class Replay:
         self.images = stubs.ImageServiceStub(self.channel)
         self.skip = skip
         self.timeout = timeout
-        self.changed = changed
         self.latencies: dict[str, list[float]] = defaultdict(list)
         self.errors: dict[str, Counter] = defaultdict(Counter)
-        self.random = random.Random(1)
 
     async def call(self, name: str, stub: object, request: object) -> object | None:
         if name in self.skip:
@@ -64,6 +65,14 @@ class Replay:
             return None
         self.latencies[name].append(time.perf_counter() - started)
         return answer
+
+
+class Replay(CriCalls):
+    def __init__(self, target: str, timeout: float, changed: int, api: str = "v1",
+                 skip: frozenset[str] = frozenset()) -> None:
+        super().__init__(target, timeout, api, skip)
+        self.changed = changed
+        self.random = random.Random(1)
 
     async def tick(self, second: int) -> None:
         pods = await self.call("ListPodSandbox", self.runtime, pb.ListPodSandboxRequest())

@@ -42,17 +42,14 @@ import json
 import random
 import sys
 import time
-from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-import grpc.aio
 from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc as rpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.common.kubelet import CriCalls  # noqa: E402
 from bench.common.loadgen import percentile  # noqa: E402
 
 UID_LABEL = "io.kubernetes.pod.uid"
@@ -109,31 +106,15 @@ def schedule(seconds: float, containers: list[str], pods: list[pb.PodSandbox],
     return sorted(events, key=lambda event: event[0])
 
 
-class Replay:
+class Replay(CriCalls):
     def __init__(self, target: str, timeout: float) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 << 20)])
-        self.runtime = rpc.RuntimeServiceStub(self.channel)
-        self.images = rpc.ImageServiceStub(self.channel)
-        self.timeout = timeout
-        self.latencies: dict[str, list[float]] = defaultdict(list)
-        self.errors: dict[str, Counter] = defaultdict(Counter)
+        super().__init__(target, timeout)
         self.jobs: dict[str, Callable[[object], Awaitable[None]]] = {
             "relist": self.relist, "housekeeping": self.housekeeping, "stats": self.stats,
             "log_manager_list": self.log_manager_list, "version": self.version,
             "status": self.status, "image_fs_info": self.image_fs_info,
             "list_images": self.list_images, "container_status": self.container_status,
             "get_pod_status": self.get_pod_status}
-
-    async def call(self, name: str, stub: object, request: object) -> object | None:
-        started = time.perf_counter()
-        try:
-            answer = await getattr(stub, name)(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as err:
-            self.errors[name][err.code().name] += 1
-            return None
-        self.latencies[name].append(time.perf_counter() - started)
-        return answer
 
     # ---- kubelet's loops, each one's calls in kubelet's order
 

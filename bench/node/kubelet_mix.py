@@ -190,17 +190,10 @@ def pss_mb(target: Target) -> float:
     return total / 1024
 
 
-def wait_for_socket(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear")
-        time.sleep(0.05)
-
-
 def start_floor(base: Path, primary_socket: Path, alt_socket: Path,
                 started: list[subprocess.Popen]) -> Target:
     """The bare front (this file, --role front) and two bare aio workers (floor.py's)."""
+    from bench.calls.floor import wait_for_bare_front
     floor_py = str(REPO / "bench" / "calls" / "floor.py")
     endpoints = {"worker-primary": f"ipc://{base}/floor-pri.ipc",
                  "worker-alt": f"ipc://{base}/floor-alt.ipc"}
@@ -215,7 +208,7 @@ def start_floor(base: Path, primary_socket: Path, alt_socket: Path,
                              endpoints["worker-primary"], endpoints["worker-alt"]])
     started.append(proc)
     pids["front"] = proc.pid
-    wait_for_socket(listen)
+    wait_for_bare_front(listen)
     return Target("floor", listen, pids=pids)
 
 
