@@ -1,11 +1,13 @@
 # The two commands a newcomer needs:
 #   make demo   set up, run criproxy in front of two real containerd runtimes, show it working
-#   make test   set up and run the whole test suite (what .ci/run runs)
+#   make test   set up and run the whole test suite (what .ci/run runs);
+#               make test-unit, test-process, test-e2e, test-node run one layer
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
+LAYERS := unit process e2e node
 
-.PHONY: venv demo test bench bench-restart soak deb clean fuzz
+.PHONY: venv demo test $(LAYERS:%=test-%) bench bench-restart soak deb clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +19,17 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VPY) scripts/demo.py
 
-# pytest's exit code 5 means no test ran: that is a failure here.
-test: venv
-	$(VPY) -m pytest -ra $(PYTEST_ARGS); rc=$$?; \
+# The test layers (tests/unit, process, e2e, node), quickest first: `make test-unit` is the edit-test
+# loop (seconds), `make test` runs them all. pytest's exit code 5 means no test ran:
+# that is a failure here.
+PYTEST = $(VPY) -m pytest -ra $(PYTEST_ARGS) $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+
+test: venv
+	$(call PYTEST,tests)
+
+$(LAYERS:%=test-%): test-%: venv
+	$(call PYTEST,tests/$*)
 
 bench: venv
 	$(VPY) bench/suite/run.py

@@ -18,7 +18,7 @@ the front, the workers, status and doctor) and inotify.py (the directory watch
 the registrar and the front share). They import nothing of criproxy's but
 each other, so any part may import them without pulling in another.
 
-Imports run one way (tests/test_layout.py checks it, with no circle):
+Imports run one way (tests/unit/test_layout.py checks it, with no circle):
 front may use record, ops, process, wire; ops may use record and wire; record,
 wire and process use nothing but settings and logs. This file imports nothing:
 each process loads only the parts it runs.

@@ -214,7 +214,7 @@ def _proxies(bench: Any, runtime: str, args: argparse.Namespace,
                                                repo=args.baseline.resolve())
     proxies["criproxy"] = bench.proxy("p", runtime, ["primary"])
     if args.spans:
-        from tests.otlpreceiver import OtlpReceiver
+        from tests.support.otlpreceiver import OtlpReceiver
         receiver = stack.enter_context(OtlpReceiver(bench.base / "otlp.sock", keep=False))
         proxies["criproxy+spans"] = bench.proxy("s", runtime, ["primary"],
                                                 "-otlpEndpoint", receiver.endpoint)

@@ -1,4 +1,4 @@
-"""The benchmark's fake runtime: tests/fakeruntime.py with its journal turned off.
+"""The benchmark's fake runtime: tests/support/fakeruntime.py with its journal turned off.
 
     python bench/common/fake.py --socket PATH --journal IGNORED --name NAME
         [--lists-in-any-order] [fakeruntime flags]
@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests import fakeruntime  # noqa: E402
+from tests.support import fakeruntime  # noqa: E402
 
 
 class _NoJournal:

@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from tests.harness import process_tree as tree
+from tests.support.harness import process_tree as tree
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

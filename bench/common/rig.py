@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fakeruntime import READY_MESSAGE, FakeRuntime
-from tests.harness import Proxy, start_proxy
+from tests.support.fakeruntime import READY_MESSAGE, FakeRuntime
+from tests.support.harness import Proxy, start_proxy
 
 COMMON = Path(__file__).resolve().parent   # bench/common: fake.py, loadgen.py, kubelet.py
 BENCH = COMMON.parent                      # bench: results/

@@ -35,7 +35,7 @@ import msgpack  # noqa: E402
 from bench.common import procstat, rig  # noqa: E402
 from bench.common.populate import populate  # noqa: E402
 from bench.suite import run  # noqa: E402
-from tests.harness import process_tree  # noqa: E402
+from tests.support.harness import process_tree  # noqa: E402
 
 # Calls of the replay that reach only one runtime (the rest fan out to both).
 BY_ID = ("PodSandboxStatus", "ContainerStatus", "Status", "ImageFsInfo")

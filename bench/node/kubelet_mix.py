@@ -157,7 +157,7 @@ class Target:
         if self.root is None:
             return {pid: role for role, pid in self.pids.items()}
         from bench.common import procstat
-        from tests.harness import process_tree
+        from tests.support.harness import process_tree
         return {pid: worker_role(procstat.role(pid, self.root)) for pid in process_tree(self.root)}
 
 
@@ -214,7 +214,7 @@ def start_floor(base: Path, primary_socket: Path, alt_socket: Path,
 
 def start_criproxy(bench: Any, tree_name: str, tree: Path, connect: str, verbosity: int,
                    metrics: str) -> Target:
-    from tests.harness import start_proxy
+    from tests.support.harness import start_proxy
     name = f"{tree_name} v{verbosity} metrics {metrics}"
     workdir = bench.base / f"px-{len(bench.proxies)}"
     workdir.mkdir()

@@ -3,10 +3,10 @@
 
     .venv/bin/python bench/node/registration.py [--rounds 10] [--json FILE]
 
-Root only. The node of tests/test_e2e_runtime_in_pod.py (tests/nested_runtime.py): the
+Root only. The node of tests/e2e/test_e2e_runtime_in_pod.py (tests/e2e/nested_runtime.py): the
 primary containerd, criproxy in front of it, the DaemonSet's pod of
 deploy/runtime-daemonset/ created through criproxy as kubelet would, a containerd nested
-in it. A kubelet-like relister (tests/relister.py) runs throughout. Each round:
+in it. A kubelet-like relister (tests/support/relister.py) runs throughout. Each round:
 
 - registration: the runtime's pod deleted, a new one created under a new name
   (nested-N.runtime, criproxy started with the primary only); from its socket appearing
@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import grpc  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 
-from tests import nested_runtime as nr  # noqa: E402
-from tests.relister import Relister, longest_failure, partial  # noqa: E402
+from tests.e2e import nested_runtime as nr  # noqa: E402
+from tests.support.relister import Relister, longest_failure, partial  # noqa: E402
 
 
 def inode(path: Path) -> int | None:

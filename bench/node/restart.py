@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/node/restart.py [--rounds 5] [--json FILE]     (make bench-restart)
 
-Boots Debian's systemd as PID 1 in a container (tests/nspawn.py), installs the
+Boots Debian's systemd as PID 1 in a container (tests/node/nspawn.py), installs the
 built package there as an operator does (dpkg -i, criproxy install-systemd,
 systemctl enable --now; two fake runtimes bound in), and while two clients call
 Version every 20 ms from the host, restarts criproxy in each way a node does:
@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
 from cri_api.v1 import api_pb2_grpc as rpc  # noqa: E402
 
-from tests import nspawn  # noqa: E402
-from tests.fakeruntime import start_fake  # noqa: E402
-from tests.harness import short_dir  # noqa: E402
+from tests.node import nspawn  # noqa: E402
+from tests.support.fakeruntime import start_fake  # noqa: E402
+from tests.support.harness import short_dir  # noqa: E402
 
 LISTEN = "/run/criproxy.sock"
 PERIOD = 0.02

@@ -45,8 +45,8 @@ sys.path.insert(0, str(REPO))
 from bench.common import procstat, rig  # noqa: E402
 from bench.common.populate import populate  # noqa: E402
 from cri_api.v1 import api_pb2 as pb  # noqa: E402
-from tests.fakeruntime import READY_MESSAGE, FakeRuntime  # noqa: E402
-from tests.harness import process_tree, short_dir, start_proxy  # noqa: E402
+from tests.support.fakeruntime import READY_MESSAGE, FakeRuntime  # noqa: E402
+from tests.support.harness import process_tree, short_dir, start_proxy  # noqa: E402
 
 GO_DEFAULT = REPO.parent / "shared" / "anchors" / "criproxy-go"
 VERSION = "/runtime.v1alpha2.RuntimeService/Version"

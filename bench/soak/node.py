@@ -3,7 +3,7 @@
 containerd A (runc) is the primary; containerd B (crun) is the named runtime `alt.soak`,
 reached by the target-runtime annotation and by the RuntimeClass handler `althandler`
 (`-runtimeHandlers althandler=alt.soak:`). criproxy is started as an operator starts it
-(tests.harness.start_proxy); it can be restarted on the same socket and runtime dir.
+(tests.support.harness.start_proxy); it can be restarted on the same socket and runtime dir.
 `down()` always leaves the machine as it was: criproxy stopped, containerds and their
 pods gone (scripts/runtimes.py), the pods' cgroup parents removed.
 """
@@ -21,7 +21,7 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
-from tests.harness import Proxy, process_tree, runtimes_script, start_proxy
+from tests.support.harness import Proxy, process_tree, runtimes_script, start_proxy
 
 ALT = "alt.soak"                    # B's name in -connect (a dot: kubelet's image names)
 HANDLER = "althandler"              # RuntimeClass handler mapped to B

@@ -40,7 +40,7 @@ from bench.soak.report import (LIFECYCLE_SHARE, checks, evidence, relist_figures
                                write_json)
 from bench.soak.state import Expect  # noqa: E402
 from bench.soak.watch import Watch, growth  # noqa: E402
-from tests.harness import short_dir  # noqa: E402
+from tests.support.harness import short_dir  # noqa: E402
 
 REMOVE_ALL_WITHIN = 180.0   # seconds for the client to delete every pod at the end
 

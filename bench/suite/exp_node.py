@@ -16,7 +16,7 @@ from bench.common import procstat
 from bench.common.populate import populate
 from bench.common.rig import ALT, COMMON, Bench, job, loadgen, target
 from bench.suite.report import judge
-from tests.fakeruntime import FakeRuntime
+from tests.support.fakeruntime import FakeRuntime
 
 
 # ------------------------------------------------------------------ 5. node cost

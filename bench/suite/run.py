@@ -35,7 +35,7 @@ from bench.suite.exp_calls import (exp_alternate, exp_fanout, exp_latency_fake, 
 from bench.suite.exp_containerd import exp_containerd  # noqa: E402
 from bench.suite.exp_node import exp_isolation, exp_node  # noqa: E402
 from bench.suite.report import report  # noqa: E402
-from tests.harness import short_dir  # noqa: E402
+from tests.support.harness import short_dir  # noqa: E402
 
 EXPERIMENTS = ("latency", "throughput", "alternate", "fanout", "node", "isolation")
 
