@@ -19,14 +19,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VPY) scripts/demo.py
 
-# The test layers (tests/unit, process, e2e, node), quickest first: `make test-unit` is the edit-test
+# The test layers (tests/README.md), quickest first: `make test-unit` is the edit-test
 # loop (seconds), `make test` runs them all. pytest's exit code 5 means no test ran:
 # that is a failure here.
 PYTEST = $(VPY) -m pytest -ra $(PYTEST_ARGS) $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 
 test: venv
-	$(call PYTEST,tests)
+	$(call PYTEST,$(LAYERS:%=tests/%))
 
 $(LAYERS:%=test-%): test-%: venv
 	$(call PYTEST,tests/$*)
