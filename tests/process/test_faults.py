@@ -41,7 +41,8 @@ from tests.support.harness import short_dir, start_proxy
 
 @pytest.fixture
 def make_cluster() -> Iterator[Callable[..., Cluster]]:
-    """Like conftest's private_cluster, with alt's flags, proxy flags, alt left out."""
+    """Like the private_cluster fixture (tests/process/conftest.py), with alt's flags,
+    proxy flags, alt left out."""
     started: list[Cluster] = []
 
     def make(*proxy_args: str, alt_flags: tuple[str, ...] = (), with_alt: bool = True) -> Cluster:

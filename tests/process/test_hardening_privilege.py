@@ -81,7 +81,7 @@ def group() -> Iterator[grp.struct_group]:
 
 
 def start_open_cluster(*proxy_args: str) -> Cluster:
-    """Like conftest's start_cluster, in a world-traversable (0755) directory, so that
+    """Like cluster.start_cluster, in a world-traversable (0755) directory, so that
     only the sockets' own modes and the runtime dir's guard them."""
     base = short_dir("cph-")
     os.chmod(base, 0o755)
