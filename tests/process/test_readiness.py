@@ -1,7 +1,8 @@
 """systemd's notify protocol without systemd: READY=1 means serving, WATCHDOG=1 means answering.
 
 A datagram socket stands in for systemd's NOTIFY_SOCKET; criproxy is started as
-the unit starts it (Type=notify, NotifyAccess=all, WatchdogSec=).
+the unit starts it (Type=notify, NotifyAccess=all, WatchdogSec=). Without a
+notify socket: tests/unit/test_readiness.py.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -47,18 +47,6 @@ def messages(sock: socket.socket, until: float) -> list[tuple[float, str]]:
 def test_notify_sends_one_datagram(notify_socket) -> None:
     assert readiness.notify("READY=1\nSTATUS=x")
     assert notify_socket.recv(100) == b"READY=1\nSTATUS=x"
-
-
-def test_outside_systemd_nothing_is_sent(monkeypatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
-    assert not readiness.notify("READY=1")
-    assert readiness.watchdog_interval() is None
-
-
-def test_the_watchdog_pings_at_half_the_interval(monkeypatch) -> None:
-    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
-    assert readiness.watchdog_interval() == 15.0
 
 
 def test_no_ping_while_the_probe_fails(notify_socket) -> None:
