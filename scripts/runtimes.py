@@ -14,7 +14,7 @@ containerd under its clients.
 The parts live beside this file, one job each, and every name they had here is still
 importable from here: debpackages.py (apt-get), ociimage.py (the busybox images),
 procs.py (pids, daemons, unmounts), cgroups.py (leftover cgroups), containerd_instance.py
-(one containerd's config, start and stop). Loaded by path (tests/harness.runtimes_script),
+(one containerd's config, start and stop). Loaded by path (tests/support/harness.runtimes_script),
 this file puts its own directory on sys.path so that they import.
 """
 from __future__ import annotations
