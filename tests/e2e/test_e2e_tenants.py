@@ -30,8 +30,8 @@ from cri_api.v1 import api_pb2 as pb
 from tests.e2e.e2e_node import (
     CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, Cri, Node, Pod, pods, runtimes,
     wait_for)
+from tests.e2e.kubelet_calls import busybox_for, run_kubelet_pod, start_container
 from tests.e2e.lying_runtime import LyingRuntime
-from tests.e2e.test_e2e_kubelet_view import busybox_for, run_kubelet_pod, start_container
 from tests.support import kubelet_beliefs
 from tests.support.harness import Proxy, start_proxy
 from tests.support.kubelet_beliefs import relist

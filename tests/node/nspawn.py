@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tests.node import debpackage
 from tests.support.harness import REPO, runtimes_script
 
 CACHE = Path("/var/cache/criproxy-tests")
@@ -72,10 +73,9 @@ def ensure_root() -> Path:
     root = root_path()
     if root_is_current(root):
         return root
-    from tests.node.test_deb import locked  # the machine-wide lock the package tests use too
     ensure_host_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
-    with locked(LOCK, BUILD_TIMEOUT):
+    with debpackage.locked(LOCK, BUILD_TIMEOUT):  # the lock the package tests use too
         if not root_is_current(root):
             build_root(root)
     return root
@@ -133,13 +133,12 @@ def build_root(root: Path) -> None:
 
 
 def build_package(out: Path) -> Path:
-    """What `make deb` runs, into `out` (tools installed as tests/node/test_deb.py does), plus
+    """What `make deb` runs, into `out` (tools installed by tests/node/debpackage.py), plus
     the same package as a newer version, `out/newer.deb`, for upgrades. Bind `out`
     into a machine (binds_ro=[f"{out}:/share"]) to install them there. The build's
     work dir is a private one: with the Makefile's shared build/deb, a concurrent
     `make deb` in the same checkout would pull the tree away under this one."""
-    from tests.node import test_deb  # its tools and helpers; importing runs none of its tests
-    test_deb.ensure_tools()
+    debpackage.ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="deb-work-"))
     # Not the caller's PYTHONPATH or venv: with the checkout on PYTHONPATH, the build's
     # pip finds criproxy "already installed" and the package lacks bin/criproxy.
@@ -155,8 +154,8 @@ def build_package(out: Path) -> Path:
         raise RuntimeError(f"make deb failed:\n{proc.stdout[-3000:]}{proc.stderr[-5000:]}")
     arch = subprocess.run(["dpkg", "--print-architecture"], check=True, capture_output=True,
                           text=True).stdout.strip()
-    deb = out / f"criproxy_{test_deb.version()}_{arch}.deb"
-    test_deb.upgrade_of(deb, out)
+    deb = out / f"criproxy_{debpackage.version()}_{arch}.deb"
+    debpackage.upgrade_of(deb, out)
     return deb
 
 

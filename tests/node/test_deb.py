@@ -10,7 +10,6 @@ under dpkg's frontend lock, so a concurrent apt-get waits instead of failing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as rpc
 
+from tests.node.debpackage import (TEST_LOCK, debian_python_version, ensure_tools, locked,
+                                   upgrade_of, version)
 from tests.support.harness import REPO, runtimes_script
 
 pytestmark = pytest.mark.skipif(
@@ -38,61 +38,16 @@ pytestmark = pytest.mark.skipif(
 
 runtimes = runtimes_script()
 
-DEBIAN_PYTHON = Path("/usr/bin/python3")
 PRIVATE = Path("/usr/lib/criproxy")
 ENV_FILE = Path("/etc/criproxy/criproxy.env")
 UNIT = Path("/lib/systemd/system/criproxy.service")
 DROP_IN = Path("/etc/systemd/system/kubelet.service.d/20-criproxy.conf")
 DEFAULT_RUNDIR = Path("/run/criproxy")
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # no pyenv, no venv: Debian's python3 only
-# Tools the tests (and the build) use -> the Debian package that has them.
-TOOLS = {"dpkg-shlibdeps": "dpkg-dev", "strip": "binutils", "lintian": "lintian",
-         "systemd-analyze": "systemd", "man": "man-db", "make": "make"}
-TEST_LOCK = Path("/run/lock/criproxy-test-deb.lock")  # one user of dpkg -i criproxy at a time
-LOCK_TIMEOUT = 900.0
 CALL_TIMEOUT = 30
 
 
-def version() -> str:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-
-
-def debian_python_version() -> str:
-    return subprocess.run([DEBIAN_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
 # ---------------------------------------------------------------- machine set-up
-
-
-def ensure_tools() -> None:
-    """apt-get install what the build and these tests need (CI starts bare)."""
-    missing = {pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)}
-    if subprocess.run([DEBIAN_PYTHON, "-c", "import ensurepip"],
-                      capture_output=True).returncode != 0:
-        missing.add(f"python{debian_python_version()}-venv")
-    if missing:
-        runtimes.apt_install(missing, lock_timeout=LOCK_TIMEOUT)
-
-
-@contextlib.contextmanager
-def locked(path: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold an fcntl lock on `path`, waiting (bounded) while someone else holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path} still locked after {timeout}s")
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def dpkg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -364,20 +319,6 @@ def test_systemd_analyze_verifies_the_unit_and_kubelet_drop_in(installed: Path,
     proc = subprocess.run([*verify, str(kubelet)], env=dict(os.environ, **only_etc),
                           capture_output=True, text=True, timeout=120)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
-
-
-def upgrade_of(deb: Path, out: Path) -> Path:
-    """The same package as a newer version, for an upgrade."""
-    tree = out / "tree"
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
-    control = tree / "DEBIAN" / "control"
-    control.write_text(re.sub(r"^Version: .*$", f"Version: {version()}+upgrade1",
-                              control.read_text(), flags=re.M))
-    newer = out / "newer.deb"
-    subprocess.run(["dpkg-deb", "-Zgzip", "--root-owner-group", "-b", str(tree), str(newer)],
-                   check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(tree)
-    return newer
 
 
 def test_reinstall_and_upgrade_keep_the_edited_env_file(installed: Path,

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.node.test_deb import TEST_LOCK, locked
+from tests.node.debpackage import TEST_LOCK, locked
 from tests.support.harness import REPO
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,

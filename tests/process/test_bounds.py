@@ -21,8 +21,8 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 
 from tests.process.cluster import Cluster, stop_cluster
+from tests.process.registering import published, register, status_text
 from tests.process.routing_util import Kubelet, wait_until
-from tests.process.test_registration import published, register, status_text
 from tests.support.fakeknobs import set_delays
 from tests.support.fakeruntime import start_fake
 from tests.support.harness import short_dir, start_proxy

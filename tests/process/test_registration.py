@@ -4,78 +4,28 @@ only, fake runtimes that appear, restart, leave, clash and misbehave.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as cri
 
-from tests.process.cluster import Cluster, stop_cluster
+from tests.process.cluster import Cluster
+from tests.process.registering import (  # noqa: F401 - node: a fixture
+    node, published, register, routed, status_text)
 from tests.process.routing_util import Kubelet, wait_until
-from tests.support.fakeruntime import FakeRuntime, start_fake
-from tests.support.harness import Proxy, short_dir, start_proxy
-
-
-@pytest.fixture
-def node() -> Iterator[Cluster]:
-    """The primary behind criproxy, nothing registered yet; -leaveAfter 2 s."""
-    base = short_dir("cpg-")
-    primary = start_fake(base, "primary")
-    proxy = start_proxy(str(primary.socket), "-leaveAfter", "2", workdir=base,
-                        wait_for=["primary"])
-    cluster = Cluster(proxy, {"primary": primary}, base)
-    yield cluster
-    stop_cluster(cluster)
-
-
-def register(cluster: Cluster, name: str, handlers: dict[str, str] | None = None,
-             link: bool = True) -> FakeRuntime:
-    """Start fake runtime `name` and register it: a symlink to its socket, or
-    (link=False) its socket made right in the runtimes dir."""
-    directory = cluster.proxy.runtimes_dir
-    if handlers is not None:
-        (directory / f"{name}.json").write_text(json.dumps({"runtimeHandlers": handlers}))
-    fake = start_fake(cluster.base if link else directory, name,
-                      "--state", str(cluster.base / f"{name}.state"))
-    if link:
-        (directory / f"{name}.sock").symlink_to(fake.socket)
-    cluster.fakes[name] = fake
-    return fake
-
-
-def routed(kubelet: Kubelet, runtime: str) -> str:
-    """A pod run on `runtime` through criproxy, as soon as criproxy routes there."""
-    result: list[str] = []
-
-    def ran() -> bool:
-        try:
-            result.append(kubelet.run_pod(runtime))
-            return True
-        except grpc.RpcError:
-            return False
-    wait_until(ran, 15, f"a pod on runtime {runtime}", interval=0.02)
-    return result[0]
+from tests.support.fakeruntime import start_fake
+from tests.support.harness import start_proxy
 
 
 def listed(kubelet: Kubelet) -> set[str]:
     return {p.id for p in kubelet.rt.ListPodSandbox(cri.ListPodSandboxRequest(),
                                                     timeout=5).items}
-
-
-def published(proxy: Proxy) -> dict:
-    return json.loads((proxy.rundir / "registered.json").read_text())
-
-
-def status_text(proxy: Proxy) -> str:
-    return subprocess.run([sys.executable, "-m", "criproxy", "status", "-rundir",
-                           str(proxy.rundir)], capture_output=True, text=True).stdout
 
 
 class Caller(threading.Thread):

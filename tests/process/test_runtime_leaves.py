@@ -14,8 +14,8 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 
 from tests.process.cluster import Cluster
+from tests.process.registering import node, published, register, routed, status_text
 from tests.process.routing_util import Kubelet, wait_until
-from tests.process.test_registration import node, published, register, routed, status_text
 from tests.support.harness import short_dir
 from tests.support.observing import run_cli, sample, scrape
 

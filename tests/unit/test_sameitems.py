@@ -9,7 +9,7 @@ from cri_api.v1 import api_pb2 as cri
 
 from criproxy.record import podrecord, recordfile
 from criproxy.record.sameitems import same_items
-from tests.unit.test_podrecord import ALL_PODS, make_record, pods_answer, sandbox
+from tests.unit.podrecords import ALL_PODS, make_record, pods_answer, sandbox
 
 
 def test_the_same_items_in_another_order_are_the_same_answer() -> None:
