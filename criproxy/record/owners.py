@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterable
@@ -33,6 +32,7 @@ from typing import Iterable
 import msgpack
 
 from cri_api.v1 import api_pb2 as v1
+from criproxy.record.recordfile import replace_privately
 
 log = logging.getLogger("criproxy.front")
 
@@ -166,12 +166,8 @@ class PodOwners:
         table = {uid: [o.runtime, o.since, o.placed, list(o.previous)]
                  for uid, o in self._owners.items()}
         body = msgpack.packb({"v": VERSION, "owners": table}, use_bin_type=True)
-        temporary = self.path.with_suffix(".tmp")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-            temporary.replace(self.path)
+            replace_privately(self.path, body)
         except OSError as err:
             log.warning("cannot keep the pods' owners in %s: %s", self.path, err)
 

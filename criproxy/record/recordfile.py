@@ -31,14 +31,20 @@ def save(path: Path, socket: str, lists: Lists) -> None:
     body = msgpack.packb({"v": VERSION, "socket": socket,
                           "lists": {m: [raw, taken] for m, (raw, taken) in lists.items()}},
                          use_bin_type=True)
-    temporary = path.with_suffix(".tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-        temporary.replace(path)
+        replace_privately(path, body)
     except OSError as err:
         log.warning("cannot keep the last answers in %s: %s", path, err)
+
+
+def replace_privately(path: Path, body: bytes) -> None:
+    """Replace `path` with `body`, readable by its owner only, atomically: written
+    aside, then renamed, so a crash mid-write leaves the previous file."""
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(body)
+    temporary.replace(path)
 
 
 def load(path: Path, socket: str) -> Lists:
