@@ -19,6 +19,7 @@ from criproxy.front.routing import Method
 from criproxy.front.slowlists import ASK_AGAIN_TIMEOUT
 from criproxy.front.workerlink import CallError, WorkerLink
 from criproxy.ops import metrics
+from criproxy.record import listfilter
 from criproxy.record.podrecord import SANDBOXES
 
 log = logging.getLogger("criproxy.front")
@@ -133,7 +134,7 @@ class ListFanOut:
     def _fresh_part(self, runtime: str, method: Method, request: Message, answer: bytes,
                     sent_seq: int) -> bytes | BadAnswer:
         """A runtime's answer as its part of a merged List, or why it cannot be one."""
-        complete = not _filtered(request)
+        complete = not listfilter.is_filtered(request)
         if complete:
             answer = self.record.as_before(runtime, method.name, answer)
         try:
@@ -171,9 +172,3 @@ class ListFanOut:
         metrics.runtime_skipped(link.label, method.name)
         if err.code == grpc.StatusCode.DEADLINE_EXCEEDED or logs.enabled(2):
             log.warning("%s: answering without runtime %s: %s", method.name, link.label, err)
-
-
-def _filtered(request: Message) -> bool:
-    """Whether a List asks for part of the runtime's objects (kubelet's GetPodStatus)."""
-    return ("filter" in request.DESCRIPTOR.fields_by_name and
-            request.filter.ByteSize() > 0)  # type: ignore[attr-defined]

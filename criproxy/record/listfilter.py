@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, TypeVar
 
+from google.protobuf.message import Message
+
 from cri_api.v1 import api_pb2 as v1
 
 Item = TypeVar("Item", v1.PodSandbox, v1.Container)
+
+
+def is_filtered(request: Message) -> bool:
+    """Whether a List asks for part of the runtime's objects (kubelet's GetPodStatus),
+    not all of them (its relist)."""
+    return ("filter" in request.DESCRIPTOR.fields_by_name and
+            request.filter.ByteSize() > 0)  # type: ignore[attr-defined]
 
 
 def resolve_id(wanted: str, ids: Iterable[str]) -> str | None:

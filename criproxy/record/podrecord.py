@@ -184,7 +184,7 @@ class PodRecord:
     def answered(self, runtime: str, method: str, request: Message, raw: bytes,
                  sent_seq: int) -> None:
         """A runtime's own answer to a List; kept if it is complete (unfiltered)."""
-        if method not in LISTS or request.filter.ByteSize():  # type: ignore[attr-defined]
+        if method not in LISTS or listfilter.is_filtered(request):
             return
         record = self.runtimes[runtime]
         if method in record.serving_last or method in record.left_out:
