@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -57,31 +57,42 @@ from criproxy.wire.zmqloop import LoopSocket  # noqa: E402
 # ------------------------------------------------------------------ the bare chain
 
 
-async def bare_front(listen: str, endpoint: str) -> None:
-    loop = asyncio.get_running_loop()
-    pending: dict[int, asyncio.Future] = {}
-    ids = itertools.count()
+class BareLink:
+    """One ZeroMQ DEALER to one bare worker, with the calls waiting for its answers."""
 
-    def on_frames(frames: list[bytes]) -> None:
+    def __init__(self, endpoint: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = itertools.count()
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.connect(endpoint)
+        self.link = LoopSocket(sock, self.on_frames)
+
+    def on_frames(self, frames: list[bytes]) -> None:
         answer = msgpack.unpackb(frames[0])
-        future = pending.pop(answer["id"], None)
+        future = self.pending.pop(answer["id"], None)
         if future is not None and not future.done():
             future.set_result(answer["b"])
 
-    sock = zmq.Context().socket(zmq.DEALER)
-    sock.connect(endpoint)
-    link = LoopSocket(sock, on_frames)
+    def ask(self, path: str, body: bytes, deadline: float | None) -> asyncio.Future:
+        request_id = next(self.ids)
+        self.pending[request_id] = future = self.loop.create_future()
+        self.link.send([msgpack.packb({"id": request_id, "m": path, "b": body, "d": deadline})])
+        return future
 
+
+Route = Callable[[str, bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+async def serve_forwarded(listen: str, route: Route) -> None:
+    """A grpc.aio server on `listen` handing every call's bytes, undecoded, to
+    route(method path, body, context)."""
     class Forward(grpc.GenericRpcHandler):
         def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
             path = details.method  # type: ignore[attr-defined]
 
             async def forward(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                request_id = next(ids)
-                pending[request_id] = future = loop.create_future()
-                link.send([msgpack.packb({"id": request_id, "m": path, "b": body,
-                                          "d": context.time_remaining()})])
-                return await future
+                return await route(path, body, context)
 
             return grpc.unary_unary_rpc_method_handler(forward)
 
@@ -90,6 +101,12 @@ async def bare_front(listen: str, endpoint: str) -> None:
     server.add_insecure_port("unix:" + listen)
     await server.start()
     await server.wait_for_termination()
+
+
+async def bare_front(listen: str, endpoint: str) -> None:
+    link = BareLink(endpoint)
+    await serve_forwarded(listen, lambda path, body, context:
+                          link.ask(path, body, context.time_remaining()))
 
 
 async def bare_worker(endpoint: str, runtime: str) -> None:

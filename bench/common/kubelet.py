@@ -66,6 +66,19 @@ class CriCalls:
         self.latencies[name].append(time.perf_counter() - started)
         return answer
 
+    async def pod_status(self, pod: pb.PodSandbox) -> None:
+        """kubelet's GetPodStatus for one pod (kuberuntime_manager.go)."""
+        selector = {UID_LABEL: pod.labels.get(UID_LABEL, "")}
+        await self.call("ListPodSandbox", self.runtime, pb.ListPodSandboxRequest(
+            filter=pb.PodSandboxFilter(label_selector=selector)))
+        await self.call("PodSandboxStatus", self.runtime,
+                        pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
+        containers = await self.call("ListContainers", self.runtime, pb.ListContainersRequest(
+            filter=pb.ContainerFilter(label_selector=selector)))
+        for container in (containers.containers if containers is not None else []):
+            await self.call("ContainerStatus", self.runtime,
+                            pb.ContainerStatusRequest(container_id=container.id))
+
 
 class Replay(CriCalls):
     def __init__(self, target: str, timeout: float, changed: int, api: str = "v1",
@@ -89,19 +102,6 @@ class Replay(CriCalls):
             await self.call("ListContainerStats", self.runtime,
                             pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter()))
             await self.call("ImageFsInfo", self.images, pb.ImageFsInfoRequest())
-
-    async def pod_status(self, pod: pb.PodSandbox) -> None:
-        """kubelet's GetPodStatus for one pod (kuberuntime_manager.go)."""
-        selector = {UID_LABEL: pod.labels.get(UID_LABEL, "")}
-        await self.call("ListPodSandbox", self.runtime, pb.ListPodSandboxRequest(
-            filter=pb.PodSandboxFilter(label_selector=selector)))
-        await self.call("PodSandboxStatus", self.runtime,
-                        pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
-        containers = await self.call("ListContainers", self.runtime, pb.ListContainersRequest(
-            filter=pb.ContainerFilter(label_selector=selector)))
-        for container in (containers.containers if containers is not None else []):
-            await self.call("ContainerStatus", self.runtime,
-                            pb.ContainerStatusRequest(container_id=container.id))
 
     async def run(self, seconds: float) -> None:
         tasks = []

@@ -52,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.common.kubelet import CriCalls  # noqa: E402
 from bench.common.loadgen import percentile  # noqa: E402
 
-UID_LABEL = "io.kubernetes.pod.uid"
 KUBE_RUNTIME_API_VERSION = "0.1.0"  # what kubelet's Version call sends
 
 
@@ -166,16 +165,7 @@ class Replay(CriCalls):
     async def get_pod_status(self, pod: object) -> None:
         """kuberuntime_manager's GetPodStatus for one pod (only with --get-pod-status)."""
         assert isinstance(pod, pb.PodSandbox)
-        selector = {UID_LABEL: pod.labels.get(UID_LABEL, "")}
-        await self.call("ListPodSandbox", self.runtime, pb.ListPodSandboxRequest(
-            filter=pb.PodSandboxFilter(label_selector=selector)))
-        await self.call("PodSandboxStatus", self.runtime,
-                        pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
-        containers = await self.call("ListContainers", self.runtime, pb.ListContainersRequest(
-            filter=pb.ContainerFilter(label_selector=selector)))
-        for container in (containers.containers if containers is not None else []):
-            await self.call("ContainerStatus", self.runtime,
-                            pb.ContainerStatusRequest(container_id=container.id))
+        await self.pod_status(pod)
 
     # ---- the run
 

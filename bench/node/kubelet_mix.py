@@ -51,17 +51,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
-import msgpack  # noqa: E402
-import zmq  # noqa: E402
 
-from criproxy.wire.zmqloop import LoopSocket  # noqa: E402
+from bench.calls.floor import BareLink, serve_forwarded, wait_for_bare_front  # noqa: E402
 
 ALT = "alt.cloud"
 PRIMARY_FAKE, ALT_FAKE = "pri", "alt"   # fake names: their ids start with "<name>-"
@@ -76,30 +74,6 @@ BY_ID = frozenset({"ContainerStatus", "PodSandboxStatus"})
 
 
 # ------------------------------------------------------------------ the bare chain, two runtimes
-
-
-class BareLink:
-    """One ZeroMQ DEALER to one bare worker, with the calls waiting for its answers."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.pending: dict[int, asyncio.Future] = {}
-        self.ids = itertools.count()
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.connect(endpoint)
-        self.link = LoopSocket(sock, self.on_frames)
-
-    def on_frames(self, frames: list[bytes]) -> None:
-        answer = msgpack.unpackb(frames[0])
-        future = self.pending.pop(answer["id"], None)
-        if future is not None and not future.done():
-            future.set_result(answer["b"])
-
-    def ask(self, path: str, body: bytes, deadline: float | None) -> asyncio.Future:
-        request_id = next(self.ids)
-        self.pending[request_id] = future = self.loop.create_future()
-        self.link.send([msgpack.packb({"id": request_id, "m": path, "b": body, "d": deadline})])
-        return future
 
 
 async def bare_two_runtime_front(listen: str, primary: str, alt: str) -> None:
@@ -122,22 +96,12 @@ async def bare_two_runtime_front(listen: str, primary: str, alt: str) -> None:
     async def to_primary(path: str, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await primary_link.ask(path, body, context.time_remaining())
 
-    class Forward(grpc.GenericRpcHandler):
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            path = details.method  # type: ignore[attr-defined]
-            name = path.rsplit("/", 1)[1]
-            route = fan_out if name in FAN_OUT else by_id if name in BY_ID else to_primary
+    def route(path: str, body: bytes, context: grpc.aio.ServicerContext) -> Awaitable[bytes]:
+        name = path.rsplit("/", 1)[1]
+        forward = fan_out if name in FAN_OUT else by_id if name in BY_ID else to_primary
+        return forward(path, body, context)
 
-            async def forward(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                return await route(path, body, context)
-
-            return grpc.unary_unary_rpc_method_handler(forward)
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Forward(),))
-    server.add_insecure_port("unix:" + listen)
-    await server.start()
-    await server.wait_for_termination()
+    await serve_forwarded(listen, route)
 
 
 # ------------------------------------------------------------------ targets
@@ -193,7 +157,6 @@ def pss_mb(target: Target) -> float:
 def start_floor(base: Path, primary_socket: Path, alt_socket: Path,
                 started: list[subprocess.Popen]) -> Target:
     """The bare front (this file, --role front) and two bare aio workers (floor.py's)."""
-    from bench.calls.floor import wait_for_bare_front
     floor_py = str(REPO / "bench" / "calls" / "floor.py")
     endpoints = {"worker-primary": f"ipc://{base}/floor-pri.ipc",
                  "worker-alt": f"ipc://{base}/floor-alt.ipc"}
