@@ -88,6 +88,13 @@ class Node:
     direct: dict[str, Cri]                    # PRIMARY / B -> that containerd's own socket
     logs: Path
 
+    def close(self) -> None:
+        """Close the channels and stop the criproxy that are current (a test may have
+        restarted criproxy)."""
+        for cri in (self.via, *self.direct.values()):
+            cri.channel.close()
+        self.proxy.stop()
+
     @property
     def cgroup_root(self) -> str:
         """Pods' cgroup parents go under this (as kubelet's go under /kubepods)."""
@@ -101,31 +108,36 @@ class Node:
         return Path(self.info["dir"])
 
 
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    base = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))
+@contextlib.contextmanager
+def two_containerds(prefix: str) -> Iterator[tuple[Path, dict]]:
+    """A fresh directory (`px` in it for criproxy) with containerd A and B up under
+    `rt` (scripts/runtimes.py); both taken down, their pods' cgroups removed and the
+    directory too (unless CRIPROXY_E2E_KEEP is set), whatever happened."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     (base / "px").mkdir()
-    proxy: Proxy | None = None
-    channels: list[grpc.Channel] = []
     try:
-        info = runtimes.up(base / "rt")
-        a, b = info["instances"]["a"], info["instances"]["b"]
-        proxy = start_proxy(f"{a['socket']},{B}:unix://{b['socket']}",
-                            "-streamUrl", STREAM_URL, "-listBudget", str(LIST_BUDGET),
-                            workdir=base / "px", wait_for=list(LABELS.values()))
-        via = Cri.connect(f"unix://{proxy.listen}")
-        direct = {PRIMARY: Cri.connect(a["endpoint"]), B: Cri.connect(b["endpoint"])}
-        channels = [via.channel, *(c.channel for c in direct.values())]
-        yield Node(base, info, proxy, via, direct, base / "logs")
+        yield base, runtimes.up(base / "rt")
     finally:
-        for channel in channels:
-            channel.close()
-        if proxy is not None:
-            proxy.stop()
         runtimes.down(base / "rt")
         runtimes.remove_cgroup_tree(f"/criproxy-{base.name}")
         if not os.environ.get("CRIPROXY_E2E_KEEP"):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    with two_containerds("e2e-") as (base, info):
+        a, b = info["instances"]["a"], info["instances"]["b"]
+        proxy = start_proxy(f"{a['socket']},{B}:unix://{b['socket']}",
+                            "-streamUrl", STREAM_URL, "-listBudget", str(LIST_BUDGET),
+                            workdir=base / "px", wait_for=list(LABELS.values()))
+        started = Node(base, info, proxy, Cri.connect(f"unix://{proxy.listen}"),
+                       {PRIMARY: Cri.connect(a["endpoint"]), B: Cri.connect(b["endpoint"])},
+                       base / "logs")
+        try:
+            yield started
+        finally:
+            started.close()
 
 
 # ---------------------------------------------------------------- helpers

@@ -16,9 +16,7 @@ Needs root, like the other e2e module; `runtimes.up` apt-get installs what is mi
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +28,7 @@ from cri_api.v1 import api_pb2 as pb
 from tests.e2e.e2e_node import (  # noqa: F401 - pods: a fixture
     B, CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, Cri, Node, Pod, bare_id,
     direct_container_ids, has_image, http_status, pods,
-    runtimes, wait_for)
+    runtimes, two_containerds, wait_for)
 from tests.e2e.kubelet_calls import HANDLER, busybox_for, run_kubelet_pod, start_container
 from tests.support.harness import Proxy, start_proxy
 from tests.support.relister import UID_LABEL, Relister, longest_failure, partial, summary
@@ -56,26 +54,16 @@ def start_criproxy(base: Path, info: dict) -> Proxy:
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """The two containerds behind a criproxy that maps `althandler` to B."""
-    base = Path(tempfile.mkdtemp(prefix="e2ek-", dir="/tmp"))
-    (base / "px").mkdir()
-    started: Node | None = None
-    try:
-        info = runtimes.up(base / "rt")
+    with two_containerds("e2ek-") as (base, info):
         proxy = start_criproxy(base, info)
         direct = {PRIMARY: Cri.connect(info["instances"]["a"]["endpoint"]),
                   B: Cri.connect(info["instances"]["b"]["endpoint"])}
         started = Node(base, info, proxy, Cri.connect(f"unix://{proxy.listen}"), direct,
                        base / "logs")
-        yield started
-    finally:
-        if started is not None:  # a test may have restarted criproxy: close what is current
-            for cri in (started.via, *started.direct.values()):
-                cri.channel.close()
-            started.proxy.stop()
-        runtimes.down(base / "rt")
-        runtimes.remove_cgroup_tree(f"/criproxy-{base.name}")
-        if not os.environ.get("CRIPROXY_E2E_KEEP"):
-            shutil.rmtree(base, ignore_errors=True)
+        try:
+            yield started
+        finally:
+            started.close()
 
 
 # ---------------------------------------------------------------- kubelet-like calls

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.e2e.e2e_node import (
-    CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, Cri, Node, Pod, pods, runtimes,
+    CALL_TIMEOUT, LIST_BUDGET, PRIMARY, STREAM_URL, Cri, Node, Pod, pods, two_containerds,
     wait_for)
 from tests.e2e.kubelet_calls import busybox_for, run_kubelet_pod, start_container
 from tests.e2e.lying_runtime import LyingRuntime
@@ -62,31 +60,21 @@ def start_criproxy(base: Path, connect: str) -> Proxy:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[TenantNode]:
-    base = Path(tempfile.mkdtemp(prefix="e2et-", dir="/tmp"))
-    (base / "px").mkdir()
-    mitm: LyingRuntime | None = None
-    started: TenantNode | None = None
-    try:
-        info = runtimes.up(base / "rt")
+    with two_containerds("e2et-") as (base, info):
         a, b = info["instances"]["a"], info["instances"]["b"]
         mitm = LyingRuntime(base / "mitm.sock", b["endpoint"]).start()
-        connect = f"{a['socket']},{ALT}:{mitm.address}"
-        proxy = start_criproxy(base, connect)
-        direct = {PRIMARY: Cri.connect(a["endpoint"]), ALT: Cri.connect(b["endpoint"])}
-        started = TenantNode(base, info, proxy, Cri.connect(f"unix://{proxy.listen}"), direct,
-                             base / "logs", mitm, connect)
-        yield started
-    finally:
-        if started is not None:  # a test restarts criproxy: close what is current
-            for cri in (started.via, *started.direct.values()):
-                cri.channel.close()
-            started.proxy.stop()
-        if mitm is not None:
+        started: TenantNode | None = None
+        try:
+            connect = f"{a['socket']},{ALT}:{mitm.address}"
+            proxy = start_criproxy(base, connect)
+            direct = {PRIMARY: Cri.connect(a["endpoint"]), ALT: Cri.connect(b["endpoint"])}
+            started = TenantNode(base, info, proxy, Cri.connect(f"unix://{proxy.listen}"),
+                                 direct, base / "logs", mitm, connect)
+            yield started
+        finally:
+            if started is not None:
+                started.close()
             mitm.stop()
-        runtimes.down(base / "rt")
-        runtimes.remove_cgroup_tree(f"/criproxy-{base.name}")
-        if not os.environ.get("CRIPROXY_E2E_KEEP"):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def restart_criproxy(node: TenantNode) -> None:
