@@ -58,9 +58,9 @@ class Guard:
         import grpc
         import grpc.aio
         import zmq
-        for label, owner in (("grpc", grpc), ("grpc.aio", grpc.aio), ("zmq.Socket", zmq.Socket)):
-            names = ("bind", "connect") if owner is zmq.Socket else \
-                ("server", "insecure_channel", "secure_channel")
+        channels = ("server", "insecure_channel", "secure_channel")
+        for label, owner, names in (("grpc", grpc, channels), ("grpc.aio", grpc.aio, channels),
+                                    ("zmq.Socket", zmq.Socket, ("bind", "connect"))):
             for name in names:
                 setattr(owner, name, self._watched(getattr(owner, name), f"{label}.{name}"))
 
